@@ -1,0 +1,292 @@
+"""Canonical Huffman coding of integer symbols, vectorised with numpy.
+
+Codes are length-limited to 16 bits (alphabets of at most 2**16 symbols) so that decoding is a
+lookup in one table of ``2**max_length`` entries. A code with a single symbol spends zero bits:
+the count alone tells the decoder everything.
+
+Encoding places every code into 32-bit big-endian words with two ``bincount`` calls (codes of one
+word never overlap, so a sum is an OR). Decoding is sequential by nature; here the bit stream is
+cut into chunks that are all decoded in lock step, each chunk starting at its first bit as if a
+code began there. Huffman codes resynchronise within a few codes, so each chunk is then
+re-decoded from where the previous chunk really ended only until it meets a position of its own
+speculative decode; from there on both agree. No sync points are stored in the stream.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+MAX_CODE_LENGTH = 16
+MAX_ALPHABET = 1 << MAX_CODE_LENGTH
+
+
+def _check_symbols(symbols: np.ndarray, alphabet_size: int | None) -> tuple[np.ndarray, int]:
+    s = np.asarray(symbols)
+    if s.ndim != 1:
+        s = s.reshape(-1)
+    if s.size and not np.issubdtype(s.dtype, np.integer):
+        raise ValueError(f"symbols must be integers; got dtype {s.dtype}")
+    top = int(s.max()) if s.size else -1
+    if s.size and int(s.min()) < 0:
+        raise ValueError(f"symbols must be >= 0; got {int(s.min())}")
+    size = top + 1 if alphabet_size is None else int(alphabet_size)
+    if not 1 <= max(size, 1) <= MAX_ALPHABET or top >= max(size, 1):
+        raise ValueError(
+            f"symbols must lie in an alphabet of at most {MAX_ALPHABET} symbols; "
+            f"got alphabet_size={alphabet_size!r} and largest symbol {top}"
+        )
+    return s.astype(np.int64, copy=False), max(size, 1)
+
+
+def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
+    """Huffman code length per symbol (0 for symbols that never occur), at most ``max_length``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    lengths = np.zeros(counts.size, dtype=np.uint8)
+    present = np.flatnonzero(counts)
+    if present.size == 1:
+        lengths[present] = 1
+    if present.size <= 1:
+        return lengths
+    if present.size > 1 << max_length:
+        raise ValueError(f"{present.size} symbols cannot have codes of at most {max_length} bits")
+    heap = [(int(counts[s]), i, [int(s)]) for i, s in enumerate(present)]
+    heapq.heapify(heap)
+    depth = np.zeros(counts.size, dtype=np.int64)
+    tiebreak = len(heap)
+    while len(heap) > 1:
+        c1, _, a = heapq.heappop(heap)
+        c2, _, b = heapq.heappop(heap)
+        merged = a + b if len(a) >= len(b) else b + a
+        depth[merged] += 1
+        heapq.heappush(heap, (c1 + c2, tiebreak, merged))
+        tiebreak += 1
+    if depth.max() > max_length:
+        depth = _limit_lengths(depth, counts, present, max_length)
+    lengths[:] = depth
+    return lengths
+
+
+def _limit_lengths(depth: np.ndarray, counts: np.ndarray, present: np.ndarray, limit: int) -> np.ndarray:
+    """Clamp lengths to ``limit`` and restore Kraft's inequality by lengthening the rarest
+    short codes, then give back any slack to the most frequent ones (as zlib/brotli do)."""
+    depth = depth.copy()
+    depth[present] = np.minimum(depth[present], limit)
+    by_rarity = present[np.lexsort((present, counts[present]))]  # rarest first
+    budget = 1 << limit
+    kraft = int(np.sum(1 << (limit - depth[present])))
+    while kraft > budget:
+        for s in by_rarity:
+            if depth[s] < limit:
+                kraft -= 1 << (limit - depth[s] - 1)
+                depth[s] += 1
+                break
+    for s in by_rarity[::-1]:  # most frequent first: shorten while the budget allows
+        while depth[s] > 1 and kraft + (1 << (limit - depth[s])) <= budget:
+            kraft += 1 << (limit - depth[s])
+            depth[s] -= 1
+    return depth
+
+
+def canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical code per symbol (right-aligned in ``lengths[s]`` bits; 0 where length is 0)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    _check_kraft(lengths)
+    present = np.flatnonzero(lengths)
+    order = present[np.lexsort((present, lengths[present]))]
+    ln = lengths[order]
+    # In canonical order, a code left-aligned to MAX_CODE_LENGTH bits is the Kraft sum so far.
+    left = np.concatenate(([0], np.cumsum(1 << (MAX_CODE_LENGTH - ln))[:-1]))
+    codes = np.zeros(lengths.size, dtype=np.uint64)
+    codes[order] = (left >> (MAX_CODE_LENGTH - ln)).astype(np.uint64)
+    return codes
+
+
+def _check_kraft(lengths: np.ndarray) -> None:
+    if lengths.size and (lengths.min() < 0 or lengths.max() > MAX_CODE_LENGTH):
+        raise ValueError(f"code lengths must be in [0, {MAX_CODE_LENGTH}]; got max {lengths.max()}")
+    present = lengths[lengths > 0]
+    if np.sum(1 << (MAX_CODE_LENGTH - present)) > 1 << MAX_CODE_LENGTH:
+        raise ValueError("code lengths violate Kraft's inequality: not a prefix code")
+
+
+def huffman_encode(
+    symbols: np.ndarray, alphabet_size: int | None = None
+) -> tuple[bytes, np.ndarray]:
+    """Code ``symbols`` (ints in ``[0, alphabet_size)``); returns ``(payload, code_lengths)``.
+
+    ``huffman_decode(payload, code_lengths, len(symbols))`` gives the symbols back.
+    """
+    s, size = _check_symbols(symbols, alphabet_size)
+    lengths = code_lengths(np.bincount(s, minlength=size))
+    return encode_with(s, lengths), lengths
+
+
+def encode_with(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
+    """Code ``symbols`` with the canonical code of ``lengths`` (every symbol must have a code)."""
+    s = np.asarray(symbols, dtype=np.int64).reshape(-1)
+    if s.size == 0 or np.count_nonzero(lengths) == 1:
+        return b""
+    codes = canonical_codes(lengths)
+    ln = lengths.astype(np.int64)[s]
+    if ln.min() == 0:
+        raise ValueError("a symbol without a code length cannot be encoded")
+    # In-place arithmetic throughout: at millions of symbols, fresh arrays cost more in page
+    # faults than the arithmetic itself.
+    start = np.cumsum(ln)
+    total = int(start[-1])
+    start -= ln
+    shift = start & 31
+    shift += ln
+    np.subtract(64, shift, out=shift)
+    placed = codes[s]
+    placed <<= shift.view(np.uint64)  # a code of <= 16 bits at bit r of word w fits in w, w+1
+    start >>= 5
+    nwords = (total + 31) // 32 + 1
+    words = np.bincount(start, weights=placed >> np.uint64(32), minlength=nwords)
+    placed &= np.uint64(0xFFFFFFFF)
+    start += 1
+    words += np.bincount(start, weights=placed, minlength=nwords)
+    return words.astype(">u4").tobytes()[: (total + 7) // 8]
+
+
+def _decode_table(lengths: np.ndarray) -> tuple[np.ndarray, int]:
+    """Entry per ``max_len``-bit prefix: ``symbol << 5 | length`` (length 0 = no such code)."""
+    lengths = lengths.astype(np.int64)
+    max_len = int(lengths.max())
+    present = np.flatnonzero(lengths)
+    order = present[np.lexsort((present, lengths[present]))]
+    span = 1 << (max_len - lengths[order])
+    entries = np.repeat((order << 5) | lengths[order], span)
+    table = np.zeros(1 << max_len, dtype=np.int32)
+    table[: entries.size] = entries
+    return table, max_len
+
+
+def huffman_decode(payload: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` symbols coded in ``payload`` with the canonical code of ``lengths``.
+
+    Raises ValueError when the payload is too short or holds a bit pattern that is no code.
+    """
+    lengths = np.asarray(lengths)
+    if count < 0:
+        raise ValueError(f"count must be >= 0; got {count}")
+    _check_kraft(lengths.astype(np.int64))
+    present = np.flatnonzero(lengths)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    if present.size == 0:
+        raise ValueError("an empty code cannot decode any symbol")
+    if present.size == 1:
+        return np.full(count, present[0], dtype=np.int64)
+    table, max_len = _decode_table(lengths)
+    total = len(payload) * 8
+    padded = np.frombuffer(bytes(payload) + b"\0" * ((-len(payload)) % 4 + 8), dtype=">u4").astype(np.uint64)
+    pairs = (padded[:-1] << np.uint64(32)) | padded[1:]
+    return _ChunkDecoder(pairs, table, max_len, total).run(count)
+
+
+class _ChunkDecoder:
+    """Lock-step decoding of fixed-size chunks of the bit stream, then resynchronisation."""
+
+    def __init__(self, pairs: np.ndarray, table: np.ndarray, max_len: int, total: int,
+                 chunk_bits: int | None = None) -> None:
+        self.pairs, self.table, self.max_len, self.total = pairs, table, max_len, total
+        # ~8k chunks: enough lanes to amortise numpy's per-call cost, few enough steps.
+        self.chunk = chunk_bits or max(256, total >> 13)
+        self.cap = np.int64(total)  # nothing past the payload; also ends every lane
+
+    def peek(self, pos: np.ndarray) -> np.ndarray:
+        """Table entry (``symbol << 5 | length``) for the code starting at each bit position."""
+        shift = (64 - self.max_len - (pos & 31)).astype(np.uint64)
+        window = (self.pairs[pos >> 5] >> shift) & np.uint64((1 << self.max_len) - 1)
+        return self.table[window.astype(np.int64)]
+
+    def run(self, count: int) -> np.ndarray:
+        starts = np.arange(0, max(self.total, 1), self.chunk, dtype=np.int64)
+        ends = np.minimum(starts + self.chunk, self.total)
+        spec_pos, spec_entry = self._speculate(starts, ends)
+        valid = spec_pos < ends[:, None]
+        step = np.maximum(spec_entry & 31, 1)
+        spec_exit = np.where(valid, spec_pos + step, starts[:, None]).max(axis=1)
+        is_spec = np.zeros(self.total + 64, dtype=bool)
+        is_spec[spec_pos[valid]] = True
+        # Chunk c truly starts where chunk c-1 truly ends; its speculative entries are right
+        # from the first position where the true path meets them (``sync``).
+        sync, fixes = self._resync(starts, ends, spec_exit, is_spec)
+        keep = valid & (spec_pos >= sync[:, None])
+        out_pos, out = spec_pos[keep], spec_entry[keep]
+        if fixes[0].size:
+            order = np.argsort(fixes[0], kind="stable")
+            fpos, fent = fixes[0][order], fixes[1][order]
+            at = np.searchsorted(out_pos, fpos)
+            out = np.insert(out, at, fent)
+        out = out[:count]
+        if out.size < count:
+            raise ValueError(f"payload holds {out.size} symbols; {count} were expected")
+        if np.any((out & 31) == 0):
+            raise ValueError("payload holds a bit pattern that is not a code")
+        return (out >> 5).astype(np.int64)
+
+    def _speculate(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decode every chunk from its first bit, all chunks per numpy call, until all leave."""
+        pos = starts.copy()
+        positions, entries = [], []
+        while not np.all(pos >= ends):
+            for _ in range(8):  # check for the end only now and then: it costs a pass too
+                entry = self.peek(pos)
+                positions.append(pos)
+                entries.append(entry)
+                # A length-0 entry is no code; step one bit so a wrong guess keeps moving.
+                pos = np.minimum(pos + np.maximum(entry & 31, 1), self.cap)
+        if not positions:
+            empty = np.zeros((starts.size, 0), dtype=np.int64)
+            return empty, empty
+        return np.stack(positions, axis=1), np.stack(entries, axis=1)
+
+    def _resync(self, starts: np.ndarray, ends: np.ndarray, spec_exit: np.ndarray,
+                is_spec: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Decode each chunk from its true start until it meets its own speculative path.
+
+        A chunk left without meeting it (vanishingly rare) ends somewhere else than its
+        speculative exit, so the next chunk is redone from there: ``gen`` forgets the entries
+        of its earlier attempt.
+        """
+        never = np.iinfo(np.int64).max
+        sync = starts.copy()
+        assumed = np.r_[0, spec_exit[:-1]].astype(np.int64)  # true start of each chunk
+        cursor = assumed.copy()
+        gen = np.zeros(starts.size, dtype=np.int64)
+        recs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        active = np.flatnonzero(cursor != starts)
+        while active.size:
+            p = cursor[active]
+            inside = p < ends[active]
+            met = inside & is_spec[np.minimum(p, is_spec.size - 1)]
+            sync[active[met]] = p[met]
+            sync[active[~inside]] = never
+            done = active[~inside | met]
+            exit_ = np.where(sync[done] == never, cursor[done], spec_exit[done])
+            has_next = done + 1 < starts.size
+            done, exit_ = done[has_next], exit_[has_next]
+            moved = exit_ != assumed[done + 1]
+            active = active[inside & ~met]
+            if moved.any():
+                nxt, start = done[moved] + 1, exit_[moved]
+                assumed[nxt] = cursor[nxt] = start
+                gen[nxt] += 1
+                sync[nxt] = starts[nxt]
+                active = np.union1d(active, nxt)  # even if start == starts: its exit must propagate
+            if not active.size:
+                break
+            entry = self.peek(cursor[active])
+            if np.any((entry & 31) == 0):
+                raise ValueError("payload holds a bit pattern that is not a code")
+            recs.append((active, gen[active], cursor[active].copy(), entry))
+            cursor[active] += entry & 31
+        if not recs:
+            return sync, (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        chunk, g, pos, entry = (np.concatenate(parts) for parts in zip(*recs))
+        current = g == gen[chunk]
+        return sync, (pos[current], entry[current])

@@ -1,0 +1,115 @@
+"""Where the bytes of a compressed model go: per-tensor parts that add up to the file size."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from .fileformat import Parsed, Record, encode_model, parse
+
+_PART_GROUP = {  # file part -> report column
+    "data": "dense", "values": "dense", "codebook": "codebook", "indices": "indices",
+    "gaps": "positions", "index_table": "tables", "gap_table": "tables",
+}
+
+
+@dataclass(frozen=True)
+class LayerSize:
+    """One tensor of the file. ``index_bits`` is the width of its relative position gaps."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    nonzero: int
+    k: int | None
+    index_bits: int | None
+    codebook: int
+    indices: int
+    positions: int
+    dense: int
+    tables: int
+
+    @property
+    def bytes(self) -> int:
+        return self.codebook + self.indices + self.positions + self.dense + self.tables
+
+    @classmethod
+    def from_record(cls, rec: Record) -> LayerSize:
+        cols = dict.fromkeys(("codebook", "indices", "positions", "dense", "tables"), 0)
+        for part, size in rec.parts.items():
+            cols[_PART_GROUP[part]] += size
+        compressed = rec.kind != "dense"
+        return cls(rec.name, rec.kind, rec.shape, rec.nonzero, rec.k or None,
+                   rec.index_bits if compressed else None, **cols)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "nonzero": self.nonzero,
+                "k": self.k, "index_bits": self.index_bits, "bytes": self.bytes,
+                "parts": {c: getattr(self, c) for c in ("codebook", "indices", "positions", "dense", "tables")}}
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    """Sizes of a .dcz file: ``total_bytes`` equals the file's size on disk."""
+
+    layers: tuple[LayerSize, ...]
+    coder: str
+    container_bytes: int  # magic, version, header and checksums
+    dense_bytes: int  # float32 size of the model's parameters
+
+    @property
+    def total_bytes(self) -> int:
+        return self.container_bytes + sum(layer.bytes for layer in self.layers)
+
+    @property
+    def overhead_bytes(self) -> int:
+        """What the file holds beyond weights, positions, codebooks and dense tensors."""
+        return self.container_bytes + sum(layer.tables for layer in self.layers)
+
+    @property
+    def ratio(self) -> float:
+        return self.dense_bytes / self.total_bytes
+
+    @classmethod
+    def from_parsed(cls, parsed: Parsed) -> SizeReport:
+        dense = sum(4 * r.numel for r in parsed.records if r.is_param)
+        return cls(tuple(LayerSize.from_record(r) for r in parsed.records), parsed.header["coder"],
+                   parsed.container_bytes, dense)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dense_bytes": self.dense_bytes, "compressed_bytes": self.total_bytes,
+                "ratio": self.ratio, "coder": self.coder, "overhead_bytes": self.overhead_bytes,
+                "layers": [layer.to_dict() for layer in self.layers]}
+
+    def format_table(self) -> str:
+        head = f"{'tensor':<32} {'kind':<7} {'shape':<18} {'nonzero':>9} {'k':>5} {'idx':>3} " \
+               f"{'codebook':>8} {'indices':>9} {'positions':>9} {'dense':>9} {'tables':>6} {'bytes':>9}"
+        rows = [head, "-" * len(head)]
+        for r in self.layers:
+            shape = "x".join(map(str, r.shape)) or "scalar"
+            rows.append(f"{r.name[-32:]:<32} {r.kind:<7} {shape:<18} {r.nonzero:>9} {r.k or '':>5} "
+                        f"{r.index_bits or '':>3} {r.codebook:>8} {r.indices:>9} {r.positions:>9} "
+                        f"{r.dense:>9} {r.tables:>6} {r.bytes:>9}")
+        rows.append(f"container (header, checksums): {self.container_bytes} B; overhead in all: "
+                    f"{self.overhead_bytes} B")
+        rows.append(f"total {self.total_bytes} B ({self.coder}) from {self.dense_bytes} B dense float32: "
+                    f"{self.ratio:.1f}x")
+        return "\n".join(rows)
+
+
+def size_report(
+    model_or_path: nn.Module | str | Path,
+    *,
+    coder: str = "huffman",
+    index_bits: int | Mapping[str, int] | None = None,
+) -> SizeReport:
+    """Per-tensor sizes of a .dcz file, or of the file ``save_compressed`` would write for a
+    model (computed in memory, nothing written). ``coder``/``index_bits`` apply to models only."""
+    if isinstance(model_or_path, nn.Module):
+        return SizeReport.from_parsed(parse(encode_model(model_or_path, coder, index_bits, None)))
+    return SizeReport.from_parsed(parse(Path(model_or_path).read_bytes()))
+

@@ -1,0 +1,108 @@
+"""``save_compressed`` / ``load_compressed``: a compressed model to and from a .dcz file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from .architectures import build_architecture, check_arch
+from .errors import CompressedFileError
+from .fileformat import Decoded, decode_records, encode_model, model_tensors, parse
+from .layers import Masked, SharedWeight, strip_parametrization_
+from .report import SizeReport
+
+
+def save_compressed(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    coder: str = "huffman",
+    index_bits: int | Mapping[str, int] | None = None,
+    arch: Mapping[str, Any] | None = None,
+) -> SizeReport:
+    """Write ``model`` to ``path`` as a .dcz file and return its size report.
+
+    Shared layers store codebook, coded cluster indices and coded position gaps; pruned unshared
+    layers store coded gaps and their kept values; everything else (biases, BatchNorm, buffers)
+    is stored raw. ``coder`` is ``"huffman"`` (the paper's) or ``"ans"`` (entropy-optimal).
+    ``index_bits`` is the width of the relative position gaps: one int, a mapping from tensor
+    name or pattern to int, or None to pick the smallest per tensor. ``arch`` (``{"name",
+    "kwargs"}``, default ``model.dcz_arch`` if set) lets ``load_compressed`` build the model.
+    The file is written to a temporary name and renamed, so a failure leaves no partial file.
+    """
+    arch = check_arch(arch if arch is not None else getattr(model, "dcz_arch", None))
+    data = encode_model(model, coder, index_bits, arch)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return SizeReport.from_parsed(parse(data))
+
+
+def read_compressed(path: str | Path) -> tuple[dict[str, Any], dict[str, Decoded]]:
+    """The header and every decoded tensor of a .dcz file, without building a model."""
+    parsed = _parse_file(path)
+    return parsed.header, {d.record.name: d for d in decode_records(parsed)}
+
+
+def load_compressed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Decode a .dcz file into ``model`` (or a model built from the file's architecture).
+
+    Weights come back bit-exact. Shared and pruned tensors come back as shared and pruned
+    layers (codebook and index buffer, or mask), so the model can be fine-tuned further and
+    saving it again writes the same bytes. Raises :class:`CompressedFileError` for a file that
+    is truncated, corrupted, not a .dcz file or from a newer format version, and ValueError when
+    ``model`` does not have the file's tensors.
+    """
+    parsed = _parse_file(path)
+    decoded = {d.record.name: d for d in decode_records(parsed)}
+    if model is None:
+        model = build_architecture(parsed.header.get("arch"))
+    targets = {name: (module, attr) for name, module, attr, _ in model_tensors(model)}
+    missing, unexpected = sorted(set(targets) - set(decoded)), sorted(set(decoded) - set(targets))
+    if missing or unexpected:
+        raise ValueError(f"model does not match {path}: tensors missing from the file {missing[:5]}, "
+                         f"tensors the model lacks {unexpected[:5]}")
+    for name, d in decoded.items():
+        _restore(model, name, *targets[name], d)
+    return model
+
+
+def _parse_file(path: str | Path):  # noqa: ANN202 - returns fileformat.Parsed
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise CompressedFileError(f"{path} is a directory, not a .dcz file") from None
+    try:
+        return parse(data)
+    except CompressedFileError as exc:
+        raise CompressedFileError(f"{path}: {exc}") from None
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, name: str, module: nn.Module, attr: str, d: Decoded) -> None:
+    current = getattr(module, attr)
+    if tuple(current.shape) != d.record.shape or current.dtype != d.value.dtype:
+        raise ValueError(f"{name}: the model has {current.dtype} {tuple(current.shape)}, the file "
+                         f"{d.value.dtype} {d.record.shape}")
+    device = current.device
+    strip_parametrization_(module, attr)
+    getattr(module, attr).copy_(d.value.to(device))
+    if d.record.kind == "sparse":
+        parametrize.register_parametrization(module, attr, Masked(d.mask.to(device)))
+    elif d.record.kind == "shared":
+        parametrize.register_parametrization(
+            module, attr, SharedWeight(d.indices.to(device), d.record.k), unsafe=True)
+        module.parametrizations[attr].original.copy_(d.codebook.to(device))  # type: ignore[index]
