@@ -151,7 +151,9 @@ def prune_(model: nn.Module, config: MagnitudePrune) -> dict[str, float]:
             count = max(round(targets[i] * mag.numel()), int((~mask).sum()))
             keeps[i] = ~_smallest(mag, count)
         else:
-            remaining = mag[mask]
+            # std of the signed weights that remain: the seed took it over zeros too, which
+            # shrinks the threshold every round
+            remaining = getattr(module, tensor_name).detach()[mask].float()
             std = remaining.std(correction=0) if remaining.numel() > 1 else mag.new_zeros(())
             keeps[i] = mask & (mag > targets[i] * std)
     result = {}

@@ -1,0 +1,130 @@
+"""Entropy coders and sparse gaps: exact round trips on any stream, sizes near the entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dcsweep.compression import huffman_decode, huffman_encode
+from dcsweep.compression.coding import CODERS, get_coder
+from dcsweep.compression.huffman import _ChunkDecoder, _decode_table, canonical_codes, code_lengths
+from dcsweep.compression.sparse import decode_gaps, encode_gaps, gap_alphabet
+
+streams = st.one_of(
+    st.lists(st.integers(0, 40), max_size=600),
+    st.lists(st.integers(0, 3), max_size=2000),
+    st.lists(st.just(7), max_size=50),
+    st.lists(st.integers(0, 65535), max_size=200),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(streams)
+def test_huffman_round_trip(symbols: list[int]) -> None:
+    s = np.array(symbols, dtype=np.int64)
+    payload, lengths = huffman_encode(s)
+    assert np.array_equal(huffman_decode(payload, lengths, s.size), s)
+    assert lengths.max(initial=0) <= 16
+    if np.unique(s).size == 1:
+        assert payload == b""  # one symbol: the count says it all
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams, st.sampled_from(CODERS))
+def test_coder_round_trip(symbols: list[int], name: str) -> None:
+    s = np.array(symbols, dtype=np.int64)
+    size = max(symbols, default=0) + 1
+    coder = get_coder(name)
+    coded = coder.encode(s, size)
+    assert np.array_equal(coder.decode(coded, size, s.size), s)
+
+
+def test_empty_and_single_symbol() -> None:
+    for name in CODERS:
+        coder = get_coder(name)
+        assert coder.decode(coder.encode(np.zeros(0, dtype=np.int64), 5), 5, 0).size == 0
+        coded = coder.encode(np.full(1000, 3), 5)
+        assert coded.payload == b"" and coder.decode(coded, 5, 1000).tolist() == [3] * 1000
+
+
+@pytest.mark.parametrize("chunk_bits", [32, 33, 47, 64, 100, 256])
+def test_chunked_decoder_resynchronises(chunk_bits: int) -> None:
+    """Tiny chunks force every resync path, including chunks left without meeting their own
+    speculative path and the re-decoding of the chunk after them."""
+    s = np.random.default_rng(chunk_bits).zipf(1.3, 20_000) % 40
+    payload, lengths = huffman_encode(s, 40)
+    table, max_len = _decode_table(lengths)
+    padded = np.frombuffer(payload + b"\0" * ((-len(payload)) % 4 + 8), dtype=">u4").astype(np.uint64)
+    pairs = (padded[:-1] << np.uint64(32)) | padded[1:]
+    out = _ChunkDecoder(pairs, table, max_len, len(payload) * 8, chunk_bits=chunk_bits).run(s.size)
+    assert np.array_equal(out, s)
+
+
+def test_canonical_code_is_prefix_free_and_optimal() -> None:
+    counts = np.array([45, 13, 12, 16, 9, 5])
+    lengths = code_lengths(counts)
+    assert lengths.tolist() == [1, 3, 3, 3, 4, 4]  # the textbook example
+    codes = canonical_codes(lengths)
+    words = [format(int(c), f"0{int(n)}b") for c, n in zip(codes, lengths)]
+    assert not any(a != b and b.startswith(a) for a in words for b in words)
+
+
+def test_lengths_are_limited_to_16_bits() -> None:
+    fib = [1, 1]
+    while len(fib) < 30:
+        fib.append(fib[-1] + fib[-2])
+    lengths = code_lengths(np.array(fib))
+    assert lengths.max() == 16 and np.sum(2.0 ** -lengths.astype(float)) <= 1.0
+    s = np.repeat(np.arange(30), fib)
+    payload, lens = huffman_encode(s)
+    assert np.array_equal(huffman_decode(payload, lens, s.size), s)
+
+
+def test_sizes_near_entropy_on_a_skewed_stream() -> None:
+    rng = np.random.default_rng(0)
+    p = np.array([0.9, 0.05, 0.03, 0.02])
+    s = rng.choice(4, size=200_000, p=p)
+    freq = np.bincount(s) / s.size
+    entropy_bits = -(freq * np.log2(freq)).sum() * s.size
+    huff = len(get_coder("huffman").encode(s, 4).payload) * 8
+    ans = len(get_coder("ans").encode(s, 4).payload) * 8
+    assert ans <= entropy_bits * 1.005 + 64
+    assert huff >= s.size  # Huffman cannot go below one bit per symbol...
+    assert ans < 0.7 * huff  # ...which is why the entropy-optimal coder exists
+
+
+def test_corrupt_payloads_raise_value_error() -> None:
+    s = np.random.default_rng(0).integers(0, 9, 5000)
+    payload, lengths = huffman_encode(s, 9)
+    with pytest.raises(ValueError, match="symbols; 5000 were expected"):
+        huffman_decode(payload[: len(payload) // 2], lengths, s.size)
+    incomplete = np.array([1, 2, 0, 0], dtype=np.uint8)  # "11" is no code
+    with pytest.raises(ValueError, match="not a code"):
+        huffman_decode(b"\xff\xff", incomplete, 4)
+    with pytest.raises(ValueError, match="Kraft"):
+        huffman_decode(b"\x00", np.array([1, 1, 1], dtype=np.uint8), 1)
+    ans = get_coder("ans")
+    coded = ans.encode(s, 9)
+    with pytest.raises(ValueError):
+        ans.decode(coded, 9, s.size + 1)
+    with pytest.raises(ValueError, match="coder must be one of"):
+        get_coder("zip")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.integers(0, 5000), max_size=300), st.integers(1, 15))
+def test_gap_round_trip_with_fillers(positions: set[int], bits: int) -> None:
+    p = np.array(sorted(positions), dtype=np.int64)
+    symbols = encode_gaps(p, bits)
+    assert symbols.max(initial=0) < gap_alphabet(bits)
+    assert np.array_equal(decode_gaps(symbols, bits, 5001), p)
+
+
+def test_gaps_follow_the_paper() -> None:
+    # The paper's figure 2 idea: 3-bit gaps; a jump of more than 8 needs a filler.
+    symbols = encode_gaps(np.array([1, 4, 15]), 3)
+    assert symbols.tolist() == [1, 2, 8, 2]  # zeros skipped: 1, 2, then a filler (8) and 2
+    with pytest.raises(ValueError, match="run past"):
+        decode_gaps(symbols, 3, 10)

@@ -1,0 +1,156 @@
+"""Magnitude pruning: targets reached, rules honoured, pruned weights zero under any optimizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dcsweep.compression import (
+    KMeansShare, Masked, MagnitudePrune, iterative_prune_, prune_, prune_schedule, share_weights_,
+    sparsity, structural_mask,
+)
+
+from ..conftest import accuracy, convnet, mlp, train
+
+
+def masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.clone() for n, m in model.state_dict().items() if n.endswith(".mask")}
+
+
+def test_per_layer_sparsity_prunes_the_smallest_magnitudes(trained_mlp) -> None:  # noqa: ANN001
+    before = {n: p.detach().clone() for n, p in trained_mlp.named_parameters()}
+    reached = prune_(trained_mlp, MagnitudePrune(sparsity=0.9))
+    assert set(reached) == {"1.weight", "3.weight", "5.weight"}  # never biases
+    for name, s in reached.items():
+        w = before[name]
+        assert s == pytest.approx(round(0.9 * w.numel()) / w.numel())
+        module = trained_mlp[int(name.split(".")[0])]
+        kept = structural_mask(module)
+        # every kept weight is at least as large as every pruned one
+        assert w[kept].abs().min() >= w[~kept].abs().max()
+        assert torch.equal(module.weight, torch.where(kept, w, 0.0))
+    for i in (1, 3, 5):
+        assert torch.equal(trained_mlp[i].bias, before[f"{i}.bias"])
+
+
+def test_global_scope_uses_one_threshold(trained_mlp) -> None:  # noqa: ANN001
+    prune_(trained_mlp, MagnitudePrune(sparsity=0.8, scope="global"))
+    layers = [trained_mlp[i] for i in (1, 3, 5)]
+    kept = torch.cat([m.weight[structural_mask(m)].abs() for m in layers])
+    pruned = torch.cat([m.parametrizations.weight.original[~structural_mask(m)] for m in layers])
+    total = sum(m.weight.numel() for m in layers)
+    assert sparsity(trained_mlp) == pytest.approx(round(0.8 * total) / total)
+    per_layer = [1 - structural_mask(m).float().mean().item() for m in layers]
+    assert max(per_layer) - min(per_layer) > 0.05  # layers differ: the threshold is shared, not the rate
+    assert kept.min() > 0 and pruned.abs().max() == 0
+
+
+def test_quality_rule_uses_std_of_remaining_weights(trained_mlp) -> None:  # noqa: ANN001
+    layer = trained_mlp[1]
+    w0 = layer.weight.detach().clone()
+    prune_(trained_mlp, MagnitudePrune(quality=0.5))
+    mask1 = structural_mask(layer).clone()
+    assert torch.equal(mask1, w0.abs() > 0.5 * w0.std(correction=0))
+    prune_(trained_mlp, MagnitudePrune(quality=0.5))  # second round: std over survivors only
+    remaining = w0[mask1]
+    assert torch.equal(structural_mask(layer), mask1 & (w0.abs() > 0.5 * remaining.std(correction=0)))
+
+
+def test_overrides_by_name_and_pattern_and_exclude() -> None:
+    model = convnet()
+    reached = prune_(model, MagnitudePrune(sparsity=0.5, layers={"0": 0.25, "*": 0.75}, exclude=("8",)))
+    assert reached["0.weight"] == pytest.approx(0.25, abs=0.01)  # exact name beats the pattern
+    assert reached["3.weight"] == pytest.approx(0.75, abs=0.01)
+    assert "8.weight" not in reached and structural_mask(model[8]) is None
+    assert structural_mask(model[1]) is None  # BatchNorm untouched by default
+
+
+def test_bias_and_norm_only_when_asked() -> None:
+    model = convnet()
+    reached = prune_(model, MagnitudePrune(sparsity=0.5, include_bias=True, include_norm=True))
+    assert {"0.bias", "1.weight", "1.bias", "8.bias"} <= set(reached)
+
+
+def test_masks_only_grow_and_are_buffers(trained_mlp) -> None:  # noqa: ANN001
+    prune_(trained_mlp, MagnitudePrune(sparsity=0.9))
+    first = masks(trained_mlp)
+    assert set(first) == {"1.parametrizations.weight.0.mask", "3.parametrizations.weight.0.mask",
+                          "5.parametrizations.weight.0.mask"}
+    prune_(trained_mlp, MagnitudePrune(sparsity=0.5))  # a lower target prunes nothing back
+    assert all(torch.equal(first[n], m) for n, m in masks(trained_mlp).items())
+    moved = trained_mlp.to(torch.float64)
+    assert moved[1].parametrizations.weight.original.dtype == torch.float64
+    assert moved[1].parametrizations.weight[0].mask.dtype == torch.bool
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2),
+        lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3),
+        lambda p: torch.optim.AdamW(p, lr=1e-2),
+    ],
+    ids=["sgd-momentum-wd", "sgd-nesterov", "adam-wd", "adamw"],
+)
+def test_pruned_weights_stay_exactly_zero_under_optimizers(digits, make_opt) -> None:  # noqa: ANN001
+    model = train(mlp(), digits, epochs=1)
+    opt = make_opt(model.parameters())  # momentum state from before pruning too
+    train_step(model, opt, digits)
+    prune_(model, MagnitudePrune(sparsity=0.95))
+    mask = {i: structural_mask(model[i]).clone() for i in (1, 3, 5)}
+    for _ in range(20):
+        train_step(model, opt, digits)
+    for i, keep in mask.items():
+        w = model[i].weight
+        assert torch.equal(w[~keep], torch.zeros_like(w[~keep]))
+        assert bool((w[keep] != 0).any())
+        assert torch.equal(structural_mask(model[i]), keep)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, digits) -> None:  # noqa: ANN001
+    model.train()
+    loss = nn.functional.cross_entropy(model(digits[0][:128]), digits[1][:128])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_schedule_ramps_to_the_target() -> None:
+    steps = prune_schedule(MagnitudePrune(sparsity=0.9, layers={"fc": 0.6}), 4)
+    values = [c.sparsity for c in steps]
+    assert values == sorted(values) and values[-1] == 0.9 and len(values) == 4
+    assert values[0] > 0.9 / 4  # cubic: big cuts first
+    assert dict(steps[-1].layers)["fc"] == 0.6
+    assert [c.quality for c in prune_schedule(MagnitudePrune(quality=2.0), 2)] == [1.0, 2.0]
+    with pytest.raises(ValueError, match="steps must be an integer >= 1; got 0"):
+        prune_schedule(MagnitudePrune(sparsity=0.5), 0)
+
+
+def test_iterative_pruning_with_retraining_keeps_accuracy(digits, trained_mlp) -> None:  # noqa: ANN001
+    dense = accuracy(trained_mlp, digits)
+    calls = []
+
+    def retrain(model: nn.Module, step: int) -> None:
+        calls.append(step)
+        train(model, digits, epochs=2, lr=3e-3)
+
+    history = iterative_prune_(trained_mlp, MagnitudePrune(sparsity=0.9), steps=3, retrain=retrain)
+    assert calls == [0, 1, 2]
+    assert [h["1.weight"] for h in history] == sorted(h["1.weight"] for h in history)
+    assert sparsity(trained_mlp) == pytest.approx(0.9, abs=1e-3)
+    assert accuracy(trained_mlp, digits) >= dense - 0.03
+
+
+def test_pruning_a_shared_layer_is_refused(trained_mlp) -> None:  # noqa: ANN001
+    share_weights_(trained_mlp, KMeansShare(k=8))
+    with pytest.raises(ValueError, match="already weight-shared; prune before share_weights_"):
+        prune_(trained_mlp, MagnitudePrune(sparsity=0.5))
+
+
+def test_masked_is_a_where_not_a_multiply() -> None:
+    m = Masked(torch.tensor([True, False, False]))
+    out = m(torch.tensor([1.0, -2.0, float("nan")]))
+    assert out.tolist()[:2] == [1.0, 0.0] and out[2].item() == 0.0
+    assert not torch.signbit(out[1])  # +0.0, not -0.0: decoded files are bit-identical
