@@ -25,6 +25,7 @@ import sys
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ from torch.nn.utils import parametrize
 from ._config import match_rule
 from .coding import Coded, get_coder
 from .errors import CompressedFileError
-from .layers import Masked, SharedWeight, parametrization
+from .layers import Masked, parametrization
 from .sparse import best_index_bits, check_index_bits, decode_gaps, encode_gaps, gap_alphabet
 
 MAGIC = b"\x89DCZ\r\n\x1a\n"
@@ -235,6 +236,18 @@ def parse(data: bytes | memoryview) -> Parsed:
     if zlib.crc32(body) != _CRC.unpack_from(view, expected - _CRC.size)[0]:
         raise CompressedFileError("body checksum mismatch: the file is corrupted")
     return Parsed(header, records, body, expected - body_len)
+
+
+def parse_file(path: str | Path) -> Parsed:
+    """``parse`` of a file on disk; errors name the path."""
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise CompressedFileError(f"{path} is a directory, not a .dcz file") from None
+    try:
+        return parse(data)
+    except CompressedFileError as exc:
+        raise CompressedFileError(f"{path}: {exc}") from None
 
 
 def _parts(parsed: Parsed) -> Iterator[tuple[Record, dict[str, bytes]]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .fileformat import Parsed, Record, encode_model, parse
+from .fileformat import Parsed, Record, encode_model, parse, parse_file
 
 _PART_GROUP = {  # file part -> report column
     "data": "dense", "values": "dense", "codebook": "codebook", "indices": "indices",
@@ -111,5 +111,5 @@ def size_report(
     model (computed in memory, nothing written). ``coder``/``index_bits`` apply to models only."""
     if isinstance(model_or_path, nn.Module):
         return SizeReport.from_parsed(parse(encode_model(model_or_path, coder, index_bits, None)))
-    return SizeReport.from_parsed(parse(Path(model_or_path).read_bytes()))
+    return SizeReport.from_parsed(parse_file(model_or_path))
 

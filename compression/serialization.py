@@ -13,8 +13,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from .architectures import build_architecture, check_arch
-from .errors import CompressedFileError
-from .fileformat import Decoded, decode_records, encode_model, model_tensors, parse
+from .fileformat import Decoded, decode_records, encode_model, model_tensors, parse, parse_file
 from .layers import Masked, SharedWeight, strip_parametrization_
 from .report import SizeReport
 
@@ -53,7 +52,7 @@ def save_compressed(
 
 def read_compressed(path: str | Path) -> tuple[dict[str, Any], dict[str, Decoded]]:
     """The header and every decoded tensor of a .dcz file, without building a model."""
-    parsed = _parse_file(path)
+    parsed = parse_file(path)
     return parsed.header, {d.record.name: d for d in decode_records(parsed)}
 
 
@@ -66,7 +65,7 @@ def load_compressed(path: str | Path, model: nn.Module | None = None) -> nn.Modu
     is truncated, corrupted, not a .dcz file or from a newer format version, and ValueError when
     ``model`` does not have the file's tensors.
     """
-    parsed = _parse_file(path)
+    parsed = parse_file(path)
     decoded = {d.record.name: d for d in decode_records(parsed)}
     if model is None:
         model = build_architecture(parsed.header.get("arch"))
@@ -78,17 +77,6 @@ def load_compressed(path: str | Path, model: nn.Module | None = None) -> nn.Modu
     for name, d in decoded.items():
         _restore(model, name, *targets[name], d)
     return model
-
-
-def _parse_file(path: str | Path):  # noqa: ANN202 - returns fileformat.Parsed
-    try:
-        data = Path(path).read_bytes()
-    except IsADirectoryError:
-        raise CompressedFileError(f"{path} is a directory, not a .dcz file") from None
-    try:
-        return parse(data)
-    except CompressedFileError as exc:
-        raise CompressedFileError(f"{path}: {exc}") from None
 
 
 @torch.no_grad()

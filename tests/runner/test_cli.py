@@ -1,0 +1,150 @@
+"""The dcsweep CLI: JSON shapes, exit codes, and bad input refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dcsweep.runner.cli import main
+
+from .conftest import write_cifar_bin
+
+FAST = ["--epochs", "10", "--prune-steps", "2", "--prune-epochs", "3", "--share-epochs", "2"]
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, dict | None, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if "--json" in argv and code == 0 else None, err
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    path = tmp_path_factory.mktemp("cli") / "m.dcz"
+    code = main(["compress", *FAST, "-o", str(path), "--json"])
+    assert code == 0
+    return path, {}
+
+
+def test_compress_json_shape(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    code, out, _ = run(capsys, "compress", *FAST, "--k", "16", "-o", str(tmp_path / "m.dcz"), "--json")
+    assert code == 0
+    assert set(out["accuracy"]) == {"dense", "pruned", "shared", "decoded"}
+    assert {"sparsity", "dense_bytes", "compressed_bytes", "ratio", "layers"} <= set(out)
+    assert out["compressed_bytes"] == (tmp_path / "m.dcz").stat().st_size
+    assert all(0 <= a <= 1 for a in out["accuracy"].values())
+    row = out["layers"][0]
+    assert {"name", "shape", "nonzero", "k", "index_bits", "bytes"} <= set(row)
+
+
+def test_inspect_and_evaluate(capsys, compressed) -> None:  # noqa: ANN001
+    path, _ = compressed
+    code, out, _ = run(capsys, "inspect", str(path), "--json")
+    assert code == 0 and out["compressed_bytes"] == path.stat().st_size
+    assert {"dense_bytes", "ratio", "layers"} <= set(out)
+    code, out, _ = run(capsys, "evaluate", str(path), "--dataset", "digits", "--json")
+    assert code == 0 and out["samples"] == 500 and 0.8 < out["accuracy"] <= 1
+    assert main(["inspect", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "fc1.weight" in table and f"total {path.stat().st_size} B (huffman)" in table
+
+
+def test_human_output(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    assert main(["compress", *FAST, "-o", str(tmp_path / "h.dcz")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("accuracy   dense ") and "huffman" in out and "ans" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["compress", "--model", "vgg", "-o", "{tmp}/x.dcz"], "model='vgg' is not allowed; model must be one of"),
+    (["compress", "--dataset", "svhn", "-o", "{tmp}/x.dcz"], "unknown dataset 'svhn'; valid datasets"),
+    (["compress", "--sparsity", "1.0", "-o", "{tmp}/x.dcz"], r"sparsity=1.0 is not allowed"),
+    (["compress", "--sparsity", "-0.1", "-o", "{tmp}/x.dcz"], r"sparsity=-0.1 is not allowed"),
+    (["compress", "--k", "1", "-o", "{tmp}/x.dcz"], r"k=1 is not allowed; k must be an integer in \[2, 65536\]"),
+    (["compress", "--k", "abc", "-o", "{tmp}/x.dcz"], "argument --k: invalid int value: 'abc'"),
+    (["compress", "--dataset", "cifar10", "-o", "{tmp}/x.dcz"], "needs --data-root DIR"),
+    (["compress", "--dataset", "mnist", "--data-root", "{tmp}/none", "-o", "{tmp}/x.dcz"],
+     "data root {tmp}/none does not exist"),
+    (["compress", "-o", "{tmp}/no/such/dir/x.dcz"], "output folder {tmp}/no/such/dir does not exist"),
+    (["compress"], "the following arguments are required: -o/--output"),
+    (["inspect", "{tmp}/missing.dcz"], "{tmp}/missing.dcz does not exist"),
+    (["evaluate", "{tmp}/missing.dcz", "--dataset", "digits"], "does not exist"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str], message: str) -> None:  # noqa: ANN001
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dcsweep: error: ")
+    import re
+
+    assert re.search(message.replace("{tmp}", re.escape(str(tmp_path))), lines[0]), lines[0]
+    assert not (tmp_path / "x.dcz").exists()
+
+
+@pytest.mark.parametrize("command", ["inspect", "evaluate"])
+def test_corrupt_or_unreadable_file_exits_2(capsys, compressed, tmp_path: Path, command: str) -> None:  # noqa: ANN001
+    path, _ = compressed
+    bad = tmp_path / "bad.dcz"
+    bad.write_bytes(path.read_bytes()[:-20])
+    extra = ["--dataset", "digits"] if command == "evaluate" else []
+    code, _, err = run(capsys, command, str(bad), *extra)
+    assert code == 2 and f"{bad}: file is truncated" in err
+    flipped = bytearray(path.read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF
+    bad.write_bytes(bytes(flipped))
+    code, _, err = run(capsys, command, str(bad), *extra)
+    assert code == 2 and "checksum mismatch" in err
+    code, _, err = run(capsys, command, str(tmp_path), *extra)
+    assert code == 2 and "is not a file" in err
+
+
+def test_evaluate_on_the_wrong_dataset_exits_2(capsys, compressed) -> None:  # noqa: ANN001
+    path, _ = compressed
+    code, _, err = run(capsys, "evaluate", str(path), "--dataset", "mnist5k")
+    assert code == 2 and "holds a model for input [1, 8, 8] with 10 classes" in err
+
+
+def test_existing_output_is_kept_unless_overwrite(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    target = tmp_path / "x.dcz"
+    target.write_bytes(b"precious")
+    code, _, err = run(capsys, "compress", *FAST, "-o", str(target))
+    assert code == 2 and "exists; pass --overwrite" in err and target.read_bytes() == b"precious"
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "mine.txt").write_text("keep")
+    code, _, err = run(capsys, "compress", *FAST, "-o", str(tmp_path / "y.dcz"), "--plots", str(plots))
+    assert code == 2 and "is not empty" in err and not (tmp_path / "y.dcz").exists()
+    code, _, _ = run(capsys, "compress", *FAST, "-o", str(target), "--overwrite")
+    assert code == 0 and target.read_bytes()[:4] == b"\x89DCZ"
+
+
+def test_vgg19_bn_on_cifar_format_files(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    """The seed's experiment, end to end on a tiny file in CIFAR-10's real binary format."""
+    root = write_cifar_bin(tmp_path / "data", n=8)
+    code, out, err = run(capsys, "compress", "--model", "vgg19_bn", "--dataset", "cifar10", "--data-root", str(root),
+                         "--epochs", "1", "--prune-steps", "1", "--prune-epochs", "1", "--share-epochs", "1",
+                         "--k", "4", "--batch-size", "16", "-o", str(tmp_path / "vgg.dcz"), "--json")
+    assert code == 0, err
+    assert out["accuracy"]["decoded"] == out["accuracy"]["shared"]
+    assert out["dense_bytes"] == 4 * 20_040_522
+    assert {r["k"] for r in out["layers"] if r["kind"] == "shared"} == {4}
+    code, out, _ = run(capsys, "evaluate", str(tmp_path / "vgg.dcz"), "--dataset", "cifar10", "--data-root", str(root),
+                       "--json")
+    assert code == 0 and out["samples"] == 8
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "dcsweep"
+    done = subprocess.run([str(exe), "compress", "--sparsity", "2", "-o", str(tmp_path / "x.dcz")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().startswith("dcsweep: error: sparsity=2.0")
+    done = subprocess.run([str(exe), "compress", *FAST, "-o", str(tmp_path / "x.dcz"), "--json"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["accuracy"]["decoded"] > 0.5  # stdout is exactly one JSON document

@@ -1,0 +1,106 @@
+"""The whole cycle on real data (digits), its checkpoints, and resuming from them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcsweep.compression import load_compressed, size_report
+from dcsweep.runner.config import ConfigError
+from dcsweep.runner.cycle import CycleCallbacks, run_cycle
+
+FAST = {"epochs": 15, "prune_steps": 2, "prune_epochs": 5, "share_epochs": 3}
+
+
+class Recorder(CycleCallbacks):
+    def __init__(self, keep: Path) -> None:
+        self.keep, self.phases, self.epochs = keep, [], []
+
+    def on_phase_end(self, phase: str, checkpoint_dir: Path, result: dict) -> None:
+        self.phases.append((phase, dict(result["accuracy"])))
+        shutil.copytree(checkpoint_dir, self.keep / phase)
+
+    def on_epoch(self, phase: str, epoch: int, loss: float) -> None:
+        self.epochs.append((phase, epoch))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Recorder, Path]:
+    folder = tmp_path_factory.mktemp("cycle")
+    recorder = Recorder(folder)
+    result = run_cycle(FAST, output=folder / "m.dcz", callbacks=recorder, plots=folder / "plots")
+    return result, recorder, folder
+
+
+def test_cycle_compresses_digits(full_run) -> None:  # noqa: ANN001
+    result, _, folder = full_run
+    acc = result["accuracy"]
+    assert acc["dense"] > 0.9
+    assert acc["shared"] >= acc["dense"] - 0.05
+    assert acc["decoded"] == acc["shared"]  # exactly: the file holds the shared weights bit for bit
+    assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert result["compressed_bytes"] == (folder / "m.dcz").stat().st_size
+    assert result["dense_bytes"] == 4 * 50_610
+    assert result["ratio"] > 15
+    assert set(result["compressed_bytes_by_coder"]) == {"huffman", "ans"}
+    assert {row["name"] for row in result["layers"]} >= {"fc1.weight", "fc1.bias", "fc3.weight"}
+    assert set(result["seconds"]) == {"dense", "pruned", "shared", "encoded", "total"}
+    json.dumps(result)  # the compress JSON is plain JSON
+
+
+def test_cycle_writes_plots(full_run) -> None:  # noqa: ANN001
+    _, _, folder = full_run
+    names = sorted(p.name for p in (folder / "plots").iterdir())
+    assert names == ["bytes_per_layer.png", "weights_fc1.png", "weights_fc2.png", "weights_fc3.png"]
+    assert all((folder / "plots" / n).read_bytes()[:4] == b"\x89PNG" for n in names)
+
+
+def test_callbacks_see_every_phase(full_run) -> None:  # noqa: ANN001
+    result, recorder, folder = full_run
+    assert [p for p, _ in recorder.phases] == ["dense", "pruned", "shared"]
+    assert ("dense", 14) in recorder.epochs and ("pruned", 9) in recorder.epochs
+    shared = load_compressed(folder / "shared" / "model.dcz")
+    assert size_report(folder / "shared" / "model.dcz").layers[1].kind == "shared"
+    assert shared is not None
+
+
+@pytest.mark.parametrize("phase", ["dense", "pruned", "shared"])
+def test_resume_after_a_phase_gives_the_same_result(full_run, phase: str, tmp_path: Path) -> None:  # noqa: ANN001
+    result, _, folder = full_run
+    resumed = run_cycle(FAST, output=tmp_path / "r.dcz", resume_from=folder / phase)
+    assert resumed["accuracy"] == result["accuracy"]
+    assert (tmp_path / "r.dcz").read_bytes() == (folder / "m.dcz").read_bytes()
+    for done in ("dense", "pruned", "shared")[: ("dense", "pruned", "shared").index(phase) + 1]:
+        assert resumed["seconds"][done] == result["seconds"][done]  # carried over, not redone
+
+
+def test_resume_with_other_settings_is_refused(full_run) -> None:  # noqa: ANN001
+    _, _, folder = full_run
+    with pytest.raises(ConfigError, match=r"was made with other settings \(differ: \['k'\]\)"):
+        run_cycle({**FAST, "k": 8}, resume_from=folder / "pruned")
+    with pytest.raises(ConfigError, match="is not a cycle checkpoint"):
+        run_cycle(FAST, resume_from=folder / "plots")
+
+
+@pytest.mark.parametrize("suffix", [".dcz", ".pt"])
+def test_start_from_a_trained_dense_model(full_run, tmp_path: Path, suffix: str) -> None:  # noqa: ANN001
+    result, _, folder = full_run
+    dense = load_compressed(folder / "dense" / "model.dcz")
+    path = tmp_path / f"dense{suffix}"
+    if suffix == ".pt":
+        torch.save(dense.state_dict(), path)
+    else:
+        shutil.copy(folder / "dense" / "model.dcz", path)
+    again = run_cycle({**FAST, "dense_path": str(path)}, output=tmp_path / "m.dcz")
+    assert again["accuracy"]["dense"] == result["accuracy"]["dense"]
+
+
+def test_quality_rule_cycle(tmp_path: Path) -> None:
+    result = run_cycle({**FAST, "quality": 0.8, "coder": "ans", "index_bits": 4}, output=tmp_path / "q.dcz")
+    assert 0.3 < result["sparsity"] < 0.99
+    assert result["accuracy"]["decoded"] == result["accuracy"]["shared"]
+    assert {row["index_bits"] for row in result["layers"] if row["kind"] == "shared"} == {4}
