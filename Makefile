@@ -16,6 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
+# The main job. Until the sweep runner lands: one full cycle of LeNet-300-100 on digits.
+run: $(VENV)/.installed
+	mkdir -p runs
+	$(VENV)/bin/dcsweep compress --model lenet300 --dataset digits -o runs/lenet300-digits.dcz --overwrite \
+		--plots runs/lenet300-digits-plots
+	$(VENV)/bin/dcsweep inspect runs/lenet300-digits.dcz
+
 test: $(VENV)/.installed
 	@# pytest exits 5 when it collected nothing; that is not a failure of the code.
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc

@@ -1,0 +1,200 @@
+"""The ``dcsweep`` command line.
+
+Exit codes: 0 success; 2 bad input (one line naming the value and what is allowed; nothing was
+started and nothing on disk was touched); 1 failure while running. ``--json`` prints exactly one
+JSON document on stdout; logs and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from dcsweep.compression import CODERS, INITS, CompressedFileError
+
+log = logging.getLogger("dcsweep")
+
+
+class UsageError(Exception):
+    """Bad input: reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage dump
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _compress_args(p: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS  # unset flags keep the config's defaults
+    p.add_argument("--model", default=s, help="lenet300, lenet5, vgg19_bn, resnet20, ... (default lenet300)")
+    p.add_argument("--dataset", default=s, help="digits, mnist5k, mnist, cifar10, imagefolder:PATH, ... (default digits)")
+    p.add_argument("--data-root", dest="data_root", default=s, help="folder holding the data set's files")
+    p.add_argument("--download", action="store_true", default=s, help="fetch mnist/cifar into --data-root first")
+    p.add_argument("--image-size", dest="image_size", type=int, default=s, help="imagefolder crop size (224)")
+    p.add_argument("--sparsity", type=float, default=s, help="target fraction of zero weights per layer (0.9)")
+    p.add_argument("--quality", type=float, default=s, help="Han et al.'s rule instead: prune |w| < quality x std")
+    p.add_argument("--layer", dest="layers", action="append", type=_layer_rule, default=s, metavar="NAME=VALUE",
+                   help="per-layer sparsity (or quality) by module name or glob, e.g. fc3=0.75; repeatable")
+    p.add_argument("--prune-steps", dest="prune_steps", type=int, default=s, help="prune->retrain rounds (3)")
+    p.add_argument("--k", type=int, default=s, help="clusters per layer (32)")
+    p.add_argument("--k-conv", dest="k_conv", type=int, default=s, help="clusters per conv layer")
+    p.add_argument("--k-fc", dest="k_fc", type=int, default=s, help="clusters per fully connected layer")
+    p.add_argument("--init", default=s, help=f"k-means init: {', '.join(INITS)} (linear)")
+    p.add_argument("--coder", default=s, help=f"entropy coder: {', '.join(CODERS)} (huffman)")
+    p.add_argument("--index-bits", dest="index_bits", type=int, default=s, help="sparse gap width 1-15 (auto)")
+    p.add_argument("--epochs", type=int, default=s, help="dense training epochs")
+    p.add_argument("--prune-epochs", dest="prune_epochs", type=int, default=s, help="retraining epochs per step")
+    p.add_argument("--share-epochs", dest="share_epochs", type=int, default=s, help="centroid fine-tuning epochs")
+    p.add_argument("--optimizer", default=s, help="sgd or adam (adam)")
+    p.add_argument("--lr", type=float, default=s, help="dense learning rate")
+    p.add_argument("--prune-lr", dest="prune_lr", type=float, default=s, help="retraining learning rate")
+    p.add_argument("--share-lr", dest="share_lr", type=float, default=s, help="fine-tuning learning rate")
+    p.add_argument("--momentum", type=float, default=s)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=s)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=s)
+    p.add_argument("--seed", type=int, default=s)
+    p.add_argument("--device", default=s, help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--dense", dest="dense_path", default=s, help="start from this trained dense model (.dcz/.pt)")
+    p.add_argument("-o", "--output", required=True, help="the .dcz file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file and plots")
+    p.add_argument("--plots", help="folder for weight histograms and a bytes-per-layer chart")
+
+
+def _layer_rule(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layer needs NAME=NUMBER (e.g. fc3=0.75); got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dcsweep", description="Deep Compression sweeps on Ray Tune, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("compress", help="one train-prune-share-encode cycle in this process, no Ray")
+    _compress_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p = sub.add_parser("inspect", help="per-layer table of a .dcz file")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("evaluate", help="decode a .dcz file into its model and measure its accuracy")
+    p.add_argument("file")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-root", dest="data_root")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+# -- commands --------------------------------------------------------------------------------
+
+def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
+    from .config import CycleConfig
+    from .cycle import run_cycle
+
+    keys = {"output", "overwrite", "plots", "json", "command"}
+    settings = {k: v for k, v in vars(args).items() if k not in keys}
+    if "layers" in settings:
+        settings["layers"] = dict(settings["layers"])
+    config = CycleConfig.from_dict(settings)  # ConfigError -> exit 2, before any work
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise UsageError(f"output {output} exists; pass --overwrite to replace it or choose another -o")
+    if not output.parent.is_dir():
+        raise UsageError(f"output folder {output.parent} does not exist")
+    if args.plots and Path(args.plots).is_dir() and any(Path(args.plots).iterdir()) and not args.overwrite:
+        raise UsageError(f"plots folder {args.plots} is not empty; pass --overwrite or choose another")
+    from .datasets import load_dataset
+
+    load_dataset(config.dataset, config.data_root, config.download, config.image_size)  # DataError -> 2
+    return run_cycle(config, output=output, plots=args.plots, progress=not args.json)
+
+
+def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
+    from dcsweep.compression import size_report
+
+    report = size_report(_existing(args.file))
+    if not args.json:
+        print(report.format_table())
+    return {k: v for k, v in report.to_dict().items()}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from dcsweep.compression import load_compressed, read_compressed
+
+    from .datasets import load_dataset
+    from .models import list_models
+    from .train import evaluate, pick_device
+
+    path = _existing(args.file)
+    header, _ = read_compressed(path)  # CompressedFileError -> 2
+    arch = header.get("arch") or {}
+    if arch.get("name") not in list_models():
+        raise UsageError(f"{path} names model {arch.get('name')!r}, which is not one of {list_models()}")
+    data = load_dataset(args.dataset, args.data_root)
+    made_for = (list(arch["kwargs"]["input_shape"]), arch["kwargs"]["num_classes"])
+    if made_for != (list(data.input_shape), data.num_classes):
+        raise UsageError(f"{path} holds a model for input {made_for[0]} with {made_for[1]} classes; dataset "
+                         f"{args.dataset!r} has input {list(data.input_shape)} with {data.num_classes} classes")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1; got {args.batch_size}")
+    model = load_compressed(path)
+    accuracy = evaluate(model, data.test, pick_device(args.device), args.batch_size)
+    return {"accuracy": accuracy, "samples": len(data.test), "file": str(path), "dataset": args.dataset}
+
+
+def _existing(file: str) -> Path:
+    path = Path(file)
+    if not path.is_file():
+        raise UsageError(f"{file} does not exist or is not a file")
+    return path
+
+
+COMMANDS = {"compress": cmd_compress, "inspect": cmd_inspect, "evaluate": cmd_evaluate}
+
+
+def _print_human(command: str, result: dict[str, Any]) -> None:
+    if command == "compress":
+        acc = result["accuracy"]
+        print(f"accuracy   dense {acc['dense']:.4f}  pruned {acc['pruned']:.4f}  shared {acc['shared']:.4f}  "
+              f"decoded {acc['decoded']:.4f}")
+        by = "  ".join(f"{c} {b:,} B ({result['ratio_by_coder'][c]:.1f}x)" for c, b in
+                       result["compressed_bytes_by_coder"].items())
+        print(f"size       dense {result['dense_bytes']:,} B -> {by}; sparsity {result['sparsity']:.4f}")
+        print(f"wrote      {result['path']}  (dcsweep inspect {result['path']} for the per-layer table)")
+    elif command == "evaluate":
+        print(f"accuracy {result['accuracy']:.4f} on {result['samples']} test samples of {result['dataset']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from .config import ConfigError
+    from .formats import DataError
+    from .train import DivergedError
+
+    try:
+        args = build_parser().parse_args(argv)
+        result = COMMANDS[args.command](args)
+    except (UsageError, ConfigError, DataError, CompressedFileError) as exc:
+        print(f"dcsweep: error: {exc}", file=sys.stderr)
+        return 2
+    except DivergedError as exc:
+        print(f"dcsweep: failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_human(args.command, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Figures of a cycle: per-layer weight histograms by phase (the seed's), bytes per layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from dcsweep.compression import SizeReport  # noqa: E402
+
+_TITLES = {"dense": "before pruning", "pruned": "after pruning", "shared": "after retraining",
+           "final": "after sharing"}
+
+
+def plot_names(snapshots: dict[str, dict[str, torch.Tensor]]) -> list[str]:
+    layers = next(iter(snapshots.values()), {})
+    return [f"weights_{name.replace('.', '_') or 'model'}.png" for name in layers] + ["bytes_per_layer.png"]
+
+
+def write_plots(folder: Path, snapshots: dict[str, dict[str, torch.Tensor]], report: SizeReport) -> list[Path]:
+    """One histogram figure per layer (a panel per phase) and one stacked bar chart."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    phases = [p for p in ("dense", "pruned", "final") if p in snapshots]
+    for name in snapshots.get("dense", next(iter(snapshots.values()), {})):
+        fig, axes = plt.subplots(1, len(phases), figsize=(4 * len(phases), 3), squeeze=False)
+        for ax, phase in zip(axes[0], phases):
+            values = snapshots[phase][name].float().numpy()
+            ax.hist(values, bins=101 if phase != "final" else 256, color="tab:blue")
+            ax.set_title(f"{name or 'model'}: {_TITLES[phase]} ({values.size:,})", fontsize=9)
+            ax.set_yscale("log")
+        fig.tight_layout()
+        path = folder / f"weights_{name.replace('.', '_') or 'model'}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    written.append(_bytes_chart(folder / "bytes_per_layer.png", report))
+    return written
+
+
+def _bytes_chart(path: Path, report: SizeReport) -> Path:
+    rows = report.layers
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows)), 4))
+    bottom = [0] * len(rows)
+    for part in ("codebook", "indices", "positions", "dense", "tables"):
+        values = [getattr(r, part) for r in rows]
+        ax.bar(range(len(rows)), values, bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks(range(len(rows)), [r.name for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("bytes")
+    ax.set_title(f"{report.total_bytes:,} B ({report.coder}), {report.ratio:.1f}x smaller than float32")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
