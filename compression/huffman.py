@@ -188,13 +188,21 @@ def huffman_decode(payload: bytes, lengths: np.ndarray, count: int) -> np.ndarra
 
 
 class _ChunkDecoder:
-    """Lock-step decoding of fixed-size chunks of the bit stream, then resynchronisation."""
+    """Lock-step decoding of fixed-size chunks of the bit stream.
+
+    Fast path: every chunk is decoded from its first bit as if a code began there; chunk c is then
+    re-decoded from where chunk c-1 ends only until it meets a position of its own speculative
+    decode (variable-length codes resynchronise within a few codes). Codes that never
+    resynchronise (near fixed-length ones, e.g. evenly used clusters) take the exact path: the
+    exit of every chunk from each of its ``max_len`` possible start offsets, chained from chunk 0,
+    gives every chunk's true start; then all chunks decode from there.
+    """
 
     def __init__(self, pairs: np.ndarray, table: np.ndarray, max_len: int, total: int,
                  chunk_bits: int | None = None) -> None:
         self.pairs, self.table, self.max_len, self.total = pairs, table, max_len, total
         # ~8k chunks: enough lanes to amortise numpy's per-call cost, few enough steps.
-        self.chunk = chunk_bits or max(256, total >> 13)
+        self.chunk = max(chunk_bits or max(256, total >> 13), 2 * max_len)
         self.cap = np.int64(total)  # nothing past the payload; also ends every lane
 
     def peek(self, pos: np.ndarray) -> np.ndarray:
@@ -208,21 +216,24 @@ class _ChunkDecoder:
         ends = np.minimum(starts + self.chunk, self.total)
         spec_pos, spec_entry = self._speculate(starts, ends)
         valid = spec_pos < ends[:, None]
-        step = np.maximum(spec_entry & 31, 1)
-        spec_exit = np.where(valid, spec_pos + step, starts[:, None]).max(axis=1)
+        spec_exit = np.where(valid, spec_pos + np.maximum(spec_entry & 31, 1), starts[:, None]).max(axis=1)
         is_spec = np.zeros(self.total + 64, dtype=bool)
         is_spec[spec_pos[valid]] = True
-        # Chunk c truly starts where chunk c-1 truly ends; its speculative entries are right
-        # from the first position where the true path meets them (``sync``).
-        sync, fixes = self._resync(starts, ends, spec_exit, is_spec)
+        synced, sync, fixes = self._resync(starts, ends, spec_exit, is_spec)
+        if not synced:
+            true_starts = self._true_starts(starts, ends)
+            spec_pos, spec_entry = self._speculate(true_starts, ends)
+            return self._finish(spec_entry[spec_pos < ends[:, None]], count)
         keep = valid & (spec_pos >= sync[:, None])
         out_pos, out = spec_pos[keep], spec_entry[keep]
         if fixes[0].size:
             order = np.argsort(fixes[0], kind="stable")
-            fpos, fent = fixes[0][order], fixes[1][order]
-            at = np.searchsorted(out_pos, fpos)
-            out = np.insert(out, at, fent)
-        out = out[:count]
+            out = np.insert(out, np.searchsorted(out_pos, fixes[0][order]), fixes[1][order])
+        return self._finish(out, count)
+
+    @staticmethod
+    def _finish(entries: np.ndarray, count: int) -> np.ndarray:
+        out = entries[:count]
         if out.size < count:
             raise ValueError(f"payload holds {out.size} symbols; {count} were expected")
         if np.any((out & 31) == 0):
@@ -230,7 +241,7 @@ class _ChunkDecoder:
         return (out >> 5).astype(np.int64)
 
     def _speculate(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Decode every chunk from its first bit, all chunks per numpy call, until all leave."""
+        """Decode every chunk from ``starts``, all chunks per numpy call, until all leave."""
         pos = starts.copy()
         positions, entries = [], []
         while not np.all(pos >= ends):
@@ -245,48 +256,52 @@ class _ChunkDecoder:
             return empty, empty
         return np.stack(positions, axis=1), np.stack(entries, axis=1)
 
-    def _resync(self, starts: np.ndarray, ends: np.ndarray, spec_exit: np.ndarray,
-                is_spec: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """Decode each chunk from its true start until it meets its own speculative path.
-
-        A chunk left without meeting it (vanishingly rare) ends somewhere else than its
-        speculative exit, so the next chunk is redone from there: ``gen`` forgets the entries
-        of its earlier attempt.
-        """
-        never = np.iinfo(np.int64).max
+    def _resync(self, starts: np.ndarray, ends: np.ndarray, spec_exit: np.ndarray, is_spec: np.ndarray
+                ) -> tuple[bool, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Decode each chunk from the previous chunk's speculative exit until it meets its own
+        speculative path (its ``sync`` position). False if some chunk never does: then a true
+        start is unknown and the exact path must run."""
         sync = starts.copy()
-        assumed = np.r_[0, spec_exit[:-1]].astype(np.int64)  # true start of each chunk
-        cursor = assumed.copy()
-        gen = np.zeros(starts.size, dtype=np.int64)
-        recs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        cursor = np.r_[0, spec_exit[:-1]].astype(np.int64)
+        recs: list[tuple[np.ndarray, np.ndarray]] = []
         active = np.flatnonzero(cursor != starts)
         while active.size:
             p = cursor[active]
             inside = p < ends[active]
-            met = inside & is_spec[np.minimum(p, is_spec.size - 1)]
+            if not inside.all():
+                return False, sync, (np.zeros(0, dtype=np.int64),) * 2  # type: ignore[return-value]
+            met = is_spec[p]
             sync[active[met]] = p[met]
-            sync[active[~inside]] = never
-            done = active[~inside | met]
-            exit_ = np.where(sync[done] == never, cursor[done], spec_exit[done])
-            has_next = done + 1 < starts.size
-            done, exit_ = done[has_next], exit_[has_next]
-            moved = exit_ != assumed[done + 1]
-            active = active[inside & ~met]
-            if moved.any():
-                nxt, start = done[moved] + 1, exit_[moved]
-                assumed[nxt] = cursor[nxt] = start
-                gen[nxt] += 1
-                sync[nxt] = starts[nxt]
-                active = np.union1d(active, nxt)  # even if start == starts: its exit must propagate
+            active = active[~met]
             if not active.size:
                 break
             entry = self.peek(cursor[active])
             if np.any((entry & 31) == 0):
                 raise ValueError("payload holds a bit pattern that is not a code")
-            recs.append((active, gen[active], cursor[active].copy(), entry))
+            recs.append((cursor[active].copy(), entry))
             cursor[active] += entry & 31
         if not recs:
-            return sync, (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        chunk, g, pos, entry = (np.concatenate(parts) for parts in zip(*recs))
-        current = g == gen[chunk]
-        return sync, (pos[current], entry[current])
+            return True, sync, (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        pos, entry = (np.concatenate(parts) for parts in zip(*recs, strict=True))
+        return True, sync, (pos, entry)
+
+    def _true_starts(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Each chunk's true first code: exits from every possible start offset, chained."""
+        k = self.max_len
+        lane_start = (starts[None, :] + np.arange(k)[:, None]).reshape(-1)
+        lane_end = np.tile(ends, k)
+        pos = np.minimum(lane_start, lane_end)
+        while True:
+            moving = pos < lane_end
+            if not moving.any():
+                break
+            step = np.maximum(self.peek(np.where(moving, pos, 0)) & 31, 1)
+            pos = np.where(moving, np.minimum(pos + step, self.cap), pos)
+        exits = pos.reshape(k, -1)
+        true = np.zeros(starts.size, dtype=np.int64)
+        for c in range(1, starts.size):  # a few thousand table lookups
+            offset = true[c - 1] - starts[c - 1]
+            if not 0 <= offset < k:
+                raise ValueError("payload holds a bit pattern that is not a code")
+            true[c] = exits[offset, c - 1]
+        return true

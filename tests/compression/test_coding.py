@@ -62,6 +62,16 @@ def test_chunked_decoder_resynchronises(chunk_bits: int) -> None:
     assert np.array_equal(out, s)
 
 
+@pytest.mark.parametrize("alphabet", [2, 32, 256])
+def test_codes_that_never_resynchronise(alphabet: int) -> None:
+    """Evenly used symbols get equal-length codes, which never fall back into step once
+    misaligned: the decoder must find every chunk's true start another way."""
+    s = np.random.default_rng(alphabet).integers(0, alphabet, 300_000)
+    payload, lengths = huffman_encode(s, alphabet)
+    assert len(set(lengths.tolist())) == 1
+    assert np.array_equal(huffman_decode(payload, lengths, s.size), s)
+
+
 def test_canonical_code_is_prefix_free_and_optimal() -> None:
     counts = np.array([45, 13, 12, 16, 9, 5])
     lengths = code_lengths(counts)
