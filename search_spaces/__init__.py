@@ -1,2 +1,209 @@
-"""dcsweep.search_spaces: built-in sweep definitions (YAML package data). Arrives with the sweep
-runner."""
+"""Built-in sweep definitions (YAML files shipped as package data) and their loader.
+
+A space file has a fixed part (settings every trial shares: model, data set, training, seed,
+resources) and a swept part (what differs between trials), plus how to search it::
+
+    name: lenet300-digits
+    fixed: {model: lenet300, dataset: digits, epochs: 20}
+    swept:
+      sparsity: {grid: [0.8, 0.9, 0.95]}      # every value, crossed with the other grids
+      k: {choice: [4, 16, 32]}                 # sampled (random / optuna search)
+      lr: {loguniform: [1.0e-4, 1.0e-2]}       # also: uniform [lo, hi], randint [lo, hi]
+    search: {algorithm: grid, num_samples: 1, max_concurrent: 2, seed: 0}
+    resources: {cpu: 1, gpu: 0}
+    max_failures: 2
+    smoke: {epochs: 1, prune_epochs: 1}        # --smoke-test overrides (a few trials, tiny epochs)
+
+Loading checks the structure and, through ``check_settings``, every value a trial could get;
+errors name the file, the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+ALGORITHMS = ("grid", "random", "optuna")
+TOP_KEYS = ("name", "description", "fixed", "swept", "search", "resources", "max_failures", "smoke")
+
+
+class SpaceError(ValueError):
+    """A search-space file is malformed or holds a value no trial may get."""
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    kind: str
+    values: tuple[Any, ...]  # grid/choice: the values; ranges: (low, high)
+
+    def corners(self) -> tuple[Any, ...]:
+        """Values that stand for all the dimension can produce, for validation."""
+        return self.values
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    source: str
+    description: str = ""
+    fixed: dict[str, Any] = field(default_factory=dict)
+    swept: tuple[Dimension, ...] = ()
+    algorithm: str = "grid"
+    num_samples: int = 1
+    max_concurrent: int = 2
+    seed: int = 0
+    cpu: float = 1.0
+    gpu: float = 0.0
+    max_failures: int = 2
+    smoke: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid_size(self) -> int:
+        return math.prod(len(d.values) for d in self.swept if d.kind == "grid")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The space as a plain YAML-able mapping (what a sweep stores to detect changes)."""
+        return {"name": self.name, "description": self.description, "fixed": dict(self.fixed),
+                "swept": {d.name: {d.kind: list(d.values)} for d in self.swept},
+                "search": {"algorithm": self.algorithm, "num_samples": self.num_samples,
+                           "max_concurrent": self.max_concurrent, "seed": self.seed},
+                "resources": {"cpu": self.cpu, "gpu": self.gpu}, "max_failures": self.max_failures,
+                "smoke": dict(self.smoke)}
+
+
+def list_spaces() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files(__name__).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_space(name_or_path: str | Path,
+               check_settings: Callable[[dict[str, Any]], None] | None = None) -> SearchSpace:
+    """A built-in space by name, or a YAML file by path. ``check_settings(settings)`` is called
+    with the fixed part merged with each value a swept dimension can take (and the smoke
+    overrides) and must raise ValueError for settings no trial may have."""
+    text, source = _read(str(name_or_path))
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{source}: not valid YAML: {exc}".replace("\n", " ")) from None
+    space = _parse(raw, source)
+    if check_settings is not None:
+        _check_values(space, check_settings)
+    return space
+
+
+def _read(name: str) -> tuple[str, str]:
+    if name in list_spaces():
+        path = resources.files(__name__) / f"{name}.yaml"
+        return path.read_text(), f"built-in space {name!r}"
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise SpaceError(f"search space file {name} does not exist")
+        return path.read_text(), str(path)
+    raise SpaceError(f"unknown search space {name!r}; built-in spaces: {', '.join(list_spaces())} "
+                     f"(or a path to a .yaml file)")
+
+
+def _fail(source: str, where: str, value: Any, allowed: str) -> None:
+    raise SpaceError(f"{source}: {where}={value!r} is not allowed; it must be {allowed}")
+
+
+def _mapping(source: str, raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
+        _fail(source, where, raw, "a mapping with string keys")
+    return dict(raw)
+
+
+def _parse(raw: Any, source: str) -> SearchSpace:
+    top = _mapping(source, raw, "the file")
+    unknown = sorted(set(top) - set(TOP_KEYS))
+    if unknown:
+        raise SpaceError(f"{source}: unknown key(s) {unknown}; valid keys are {list(TOP_KEYS)}")
+    name = top.get("name")
+    if not isinstance(name, str) or not name:
+        _fail(source, "name", name, "a non-empty string")
+    fixed = _mapping(source, top.get("fixed"), "fixed")
+    swept = tuple(_dimension(source, k, v) for k, v in _mapping(source, top.get("swept"), "swept").items())
+    both = sorted(set(fixed) & {d.name for d in swept})
+    if both:
+        raise SpaceError(f"{source}: {both} are both fixed and swept; keep each setting in one part")
+    search = _mapping(source, top.get("search"), "search")
+    unknown = sorted(set(search) - {"algorithm", "num_samples", "max_concurrent", "seed"})
+    if unknown:
+        raise SpaceError(f"{source}: unknown search key(s) {unknown}; valid: algorithm, num_samples, "
+                         "max_concurrent, seed")
+    algorithm = search.get("algorithm", "grid")
+    if algorithm not in ALGORITHMS:
+        _fail(source, "search.algorithm", algorithm, f"one of {list(ALGORITHMS)}")
+    if algorithm == "optuna" and any(d.kind == "grid" for d in swept):
+        raise SpaceError(f"{source}: search.algorithm=optuna samples; use choice instead of grid in swept")
+    res = _mapping(source, top.get("resources"), "resources")
+    unknown = sorted(set(res) - {"cpu", "gpu"})
+    if unknown:
+        raise SpaceError(f"{source}: unknown resources key(s) {unknown}; valid: cpu, gpu")
+    space = SearchSpace(
+        name=name, source=source, description=str(top.get("description", "")), fixed=fixed, swept=swept,
+        algorithm=algorithm, num_samples=_int(source, "search.num_samples", search.get("num_samples", 1), 1),
+        max_concurrent=_int(source, "search.max_concurrent", search.get("max_concurrent", 2), 1),
+        seed=_int(source, "search.seed", search.get("seed", 0), 0),
+        cpu=_resource(source, "resources.cpu", res.get("cpu", 1), 0.01),
+        gpu=_resource(source, "resources.gpu", res.get("gpu", 0), 0.0),
+        max_failures=_int(source, "max_failures", top.get("max_failures", 2), 0),
+        smoke=_mapping(source, top.get("smoke"), "smoke"))
+    return space
+
+
+def _int(source: str, where: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        _fail(source, where, value, f"an integer >= {lo}")
+    return value
+
+
+def _resource(source: str, where: str, value: Any, lo: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= 1024:
+        _fail(source, where, value, f"a number in [{lo:g}, 1024] (fractions share a device)")
+    return float(value)
+
+
+def _dimension(source: str, name: str, spec: Any) -> Dimension:
+    where = f"swept.{name}"
+    if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+        _fail(source, where, spec, f"a mapping with one key of {list(KINDS)}, e.g. {{grid: [0.8, 0.9]}}")
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values:
+        _fail(source, f"{where}.{kind}", values, "a non-empty list")
+    if kind in ("uniform", "loguniform", "randint"):
+        ok = len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        ok = ok and values[0] < values[1] and (kind != "loguniform" or values[0] > 0)
+        ok = ok and (kind != "randint" or all(isinstance(v, int) for v in values))
+        if not ok:
+            _fail(source, f"{where}.{kind}", values, "[low, high] with low < high"
+                  + (" and low > 0" if kind == "loguniform" else "") + (" as integers" if kind == "randint" else ""))
+    elif len(set(map(repr, values))) != len(values):
+        _fail(source, f"{where}.{kind}", values, "a list without repeats")
+    return Dimension(name, kind, tuple(values))
+
+
+def _check_values(space: SearchSpace, check: Callable[[dict[str, Any]], None]) -> None:
+    base = dict(space.fixed)
+    cases: list[tuple[str, dict[str, Any]]] = [("fixed", base)]
+    for dim in space.swept:
+        corners = dim.values if dim.kind != "randint" else (dim.values[0], dim.values[1] - 1)
+        cases += [(f"swept.{dim.name}", {**base, dim.name: v}) for v in corners]
+    cases.append(("smoke", {**base, **space.smoke}))
+    for where, settings in cases:
+        try:
+            check(settings)
+        except ValueError as exc:
+            raise SpaceError(f"{space.source}: {where}: {exc}") from None

@@ -1,0 +1,95 @@
+"""Search spaces: every built-in one validates; every malformed field is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dcsweep.runner.sweep import check_settings
+from dcsweep.search_spaces import SpaceError, list_spaces, load_space
+
+BUILT_IN = ["alexnet-imagenet", "lenet300-digits", "lenet300-mnist5k", "lenet5-mnist5k", "vgg16-imagenet",
+            "vgg19bn-cifar10"]
+
+
+def test_the_built_in_spaces_are_listed() -> None:
+    assert list_spaces() == BUILT_IN
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_built_in_space_validates(name: str) -> None:
+    space = load_space(name, check_settings)
+    assert space.name == name and space.swept and space.fixed["model"]
+    assert space.grid_size >= 4  # a real sweep, not one trial
+    assert load_space(name).to_dict() == space.to_dict()
+
+
+def test_the_seeds_experiment_sweeps_its_k_values() -> None:
+    space = load_space("vgg19bn-cifar10", check_settings)
+    assert {d.name: d.values for d in space.swept}["k"] == (4, 9, 13, 35)
+    assert space.fixed["model"] == "vgg19_bn" and space.gpu == 1
+
+
+GOOD = """
+name: mine
+fixed: {model: lenet300, dataset: digits, epochs: 2}
+swept:
+  sparsity: {grid: [0.5, 0.8]}
+  k: {choice: [4, 8]}
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+search: {algorithm: random, num_samples: 3, max_concurrent: 2, seed: 1}
+resources: {cpu: 0.5, gpu: 0}
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_user_file(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, GOOD), check_settings)
+    assert (space.algorithm, space.num_samples, space.cpu) == ("random", 3, 0.5)
+    assert [d.kind for d in space.swept] == ["grid", "choice", "loguniform"]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("name: mine", "name: ''", r"name='' is not allowed; it must be a non-empty string"),
+    ("name: mine", "name: mine\ncolour: red", r"unknown key\(s\) \['colour'\]; valid keys are \['name'"),
+    ("epochs: 2}", "epochs: 2, sparsity: 0.9}", r"\['sparsity'\] are both fixed and swept"),
+    ("model: lenet300", "model: lenet3000", r"fixed: model='lenet3000' is not allowed; model must be one of"),
+    ("epochs: 2}", "epochs: 2, colour: red}", r"fixed: unknown setting\(s\) \['colour'\]"),
+    ("{grid: [0.5, 0.8]}", "{grid: [0.5, 1.5]}", r"swept.sparsity: sparsity=1.5 is not allowed"),
+    ("{grid: [0.5, 0.8]}", "{grid: []}", r"swept.sparsity.grid=\[\] is not allowed; it must be a non-empty list"),
+    ("{grid: [0.5, 0.8]}", "{grid: [0.5, 0.5]}", "a list without repeats"),
+    ("{grid: [0.5, 0.8]}", "{range: [0.5, 0.8]}", r"swept.sparsity=\{'range'.*one key of \['grid', 'choice'"),
+    ("{choice: [4, 8]}", "{choice: [4, 1]}", r"swept.k: k=1 is not allowed"),
+    ("[1.0e-4, 1.0e-2]", "[0, 1.0e-2]", r"swept.lr.loguniform=\[0, 0.01\] is not allowed; .*low > 0"),
+    ("[1.0e-4, 1.0e-2]", "[1.0e-2, 1.0e-4]", "low < high"),
+    ("algorithm: random", "algorithm: bayes", r"search.algorithm='bayes' is not allowed; it must be one of"),
+    ("algorithm: random", "algorithm: optuna", "use choice instead of grid"),
+    ("num_samples: 3", "num_samples: 0", r"search.num_samples=0 is not allowed; it must be an integer >= 1"),
+    ("max_concurrent: 2", "max_concurrent: -1", "search.max_concurrent=-1"),
+    ("seed: 1", "sed: 1", r"unknown search key\(s\) \['sed'\]"),
+    ("cpu: 0.5", "cpu: 0", r"resources.cpu=0 is not allowed; it must be a number in \[0.01, 1024\]"),
+    ("gpu: 0", "gpu: -1", "resources.gpu=-1"),
+    ("gpu: 0", "tpu: 1", r"unknown resources key\(s\) \['tpu'\]"),
+    ("name: mine", "name: mine\nmax_failures: -1", "max_failures=-1"),
+    ("name: mine", "name: mine\nsmoke: {epochs: -3}", r"smoke: epochs=-3 is not allowed"),
+    ("name: mine", "name: [mine", "not valid YAML"),
+])
+def test_every_bad_field_is_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(SpaceError, match=message) as info:
+        load_space(path, check_settings)
+    assert str(info.value).startswith(path)  # the file is named
+
+
+def test_unknown_names() -> None:
+    with pytest.raises(SpaceError, match=r"unknown search space 'lenet'; built-in spaces: alexnet-imagenet"):
+        load_space("lenet")
+    with pytest.raises(SpaceError, match="search space file /no/such.yaml does not exist"):
+        load_space("/no/such.yaml")
