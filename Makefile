@@ -16,12 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
-# The main job. Until the sweep runner lands: one full cycle of LeNet-300-100 on digits.
+# The main job: the default sweep (lenet300-digits) on a local Ray instance, tracked in a local
+# MLflow store under $(STORAGE); prints the Pareto table and the command that opens the UI.
+STORAGE ?= $(CURDIR)/runs
 run: $(VENV)/.installed
-	mkdir -p runs
-	$(VENV)/bin/dcsweep compress --model lenet300 --dataset digits -o runs/lenet300-digits.dcz --overwrite \
-		--plots runs/lenet300-digits-plots
-	$(VENV)/bin/dcsweep inspect runs/lenet300-digits.dcz
+	$(VENV)/bin/dcsweep run lenet300-digits --storage $(STORAGE)
 
 test: $(VENV)/.installed
 	@# pytest exits 5 when it collected nothing; that is not a failure of the code.

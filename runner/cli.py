@@ -91,7 +91,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("run", help="run a sweep on Ray Tune, tracked in MLflow")
+    p.add_argument("space", nargs="?", default="lenet300-digits",
+                   help="a built-in space name or a YAML path (default lenet300-digits)")
+    p.add_argument("--name", help="the sweep's name (default: SPACE-YYYYmmdd-HHMMSS)")
+    _store_args(p)
+    p.add_argument("--address", help="an existing Ray cluster (default: a local Ray instance)")
+    p.add_argument("--smoke-test", dest="smoke", action="store_true",
+                   help="tiny epochs, a few trials; generated data for data sets not on disk")
+    p.add_argument("--cpus-per-trial", dest="cpus", type=float, help="CPUs per trial (fractions allowed)")
+    p.add_argument("--gpus-per-trial", dest="gpus", type=float, help="GPUs per trial (fractions allowed)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("pareto", help="a sweep's trials from MLflow, Pareto-optimal ones marked")
+    p.add_argument("name")
+    _store_args(p)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("ui", help="serve the MLflow UI on the sweep store, on 127.0.0.1")
+    _store_args(p)
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="sweep storage folder (default $DCSWEEP_STORAGE or ~/dcsweep-runs)")
+    p.add_argument("--tracking-uri", dest="tracking_uri",
+                   help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite in the storage)")
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -151,6 +176,82 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return {"accuracy": accuracy, "samples": len(data.test), "file": str(path), "dataset": args.dataset}
 
 
+def _storage(args: argparse.Namespace) -> Path:
+    from .sweep import default_storage
+
+    return Path(args.storage).expanduser() if args.storage else default_storage()
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    import os
+
+    from .tracking import default_tracking_uri
+
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(_storage(args))
+
+
+def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
+    from dcsweep.search_spaces import SpaceError
+
+    from .sweep import prepare, run_sweep
+
+    for flag, value in (("--cpus-per-trial", args.cpus), ("--gpus-per-trial", args.gpus)):
+        if value is not None and not 0 <= value <= 1024:
+            raise UsageError(f"{flag}={value} is not allowed; it must be a number in [0, 1024]")
+    try:
+        sweep = prepare(args.space, args.name, _storage(args), args.tracking_uri, args.smoke, args.cpus,
+                        args.gpus, args.address)
+    except SpaceError as exc:
+        raise UsageError(str(exc)) from None
+    import torch  # noqa: F401 - load libtorch before Ray's workers and loggers do (see pitfalls)
+
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own banners: stdout stays JSON
+        result = run_sweep(sweep)
+    result["ui"] = f"dcsweep ui --storage {sweep.storage}" if not (args.tracking_uri or _env_uri()) \
+        else f"open {sweep.tracking_uri} in a browser"
+    return result
+
+
+def _env_uri() -> str | None:
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def cmd_pareto(args: argparse.Namespace) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import read_trials
+
+    uri = _tracking_uri(args)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"no sweep store at {uri}; run a sweep first or pass --storage/--tracking-uri")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(args.name)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise UsageError(f"no sweep named {args.name!r} in {uri}; sweeps there: {names}")
+    trials = [{k: v for k, v in t.items() if k != "tags"} for t in read_trials(client, exp.experiment_id)]
+    return {"name": args.name, "tracking_uri": uri, "trials": trials}
+
+
+def cmd_ui(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+
+    uri = _tracking_uri(args)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"no sweep store at {uri}; run a sweep first or pass --storage")
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port={args.port} is not allowed; it must be in [1, 65535]")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    os.execv(sys.executable, command)  # replaces this process: Ctrl-C reaches MLflow directly
+    return {}
+
+
 def _existing(file: str) -> Path:
     path = Path(file)
     if not path.is_file():
@@ -158,7 +259,8 @@ def _existing(file: str) -> Path:
     return path
 
 
-COMMANDS = {"compress": cmd_compress, "inspect": cmd_inspect, "evaluate": cmd_evaluate}
+COMMANDS = {"compress": cmd_compress, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "run": cmd_run,
+            "pareto": cmd_pareto, "ui": cmd_ui}
 
 
 def _print_human(command: str, result: dict[str, Any]) -> None:
@@ -172,6 +274,18 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
         print(f"wrote      {result['path']}  (dcsweep inspect {result['path']} for the per-layer table)")
     elif command == "evaluate":
         print(f"accuracy {result['accuracy']:.4f} on {result['samples']} test samples of {result['dataset']}")
+    elif command in ("run", "pareto"):
+        from .pareto import label
+
+        trials = result["trials"]
+        print(f"{result['name']}: {len(trials)} finished trials; * = Pareto-optimal (accuracy up, size down)")
+        for t in trials:
+            print(f"  {'*' if t['pareto_optimal'] else ' '} {label(t['params']):<22} accuracy {t['accuracy']:.4f}  "
+                  f"{t['compressed_bytes']:>10,} B  {t['ratio'] or 0:6.1f}x")
+        if result.get("errors"):
+            print(f"{len(result['errors'])} trial(s) failed; see the MLflow runs tagged 'error'")
+        if "ui" in result:
+            print(f"MLflow UI: {result['ui']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

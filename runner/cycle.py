@@ -37,13 +37,15 @@ from .train import Schedule, evaluate, fit, pick_device, seed_everything
 log = logging.getLogger("dcsweep")
 PHASES = ("dense", "pruned", "shared")
 STATE_FILE, MODEL_FILE = "state.json", "model.dcz"
+PLOT_SAMPLES = 1 << 20
 
 
 class CycleCallbacks:
     """Hooks a caller overrides; the defaults do nothing."""
 
-    def on_phase_end(self, phase: str, checkpoint_dir: Path, result: dict[str, Any]) -> None:
-        """``checkpoint_dir`` is deleted when this returns: copy what you keep."""
+    def on_phase_end(self, phase: str, checkpoint_dir: Path | None, result: dict[str, Any]) -> None:
+        """``checkpoint_dir`` is deleted when this returns: copy what you keep. It is None when
+        the phase needs no checkpoint (a dense model loaded from ``dense_path``)."""
 
     def on_epoch(self, phase: str, epoch: int, loss: float) -> None:
         """Called after every training epoch of every phase."""
@@ -87,7 +89,13 @@ def run_cycle(
         result["accuracy"][phase] = evaluate(model, data.test, device)
         result["seconds"][phase] = time.perf_counter() - start
         log.info("%s: accuracy %.4f in %.1fs", phase, result["accuracy"][phase], result["seconds"][phase])
-        _checkpoint(phase, model, result, callbacks)
+        if phase == "dense" and cfg.dense_path is not None:  # reloaded from dense_path on resume
+            result.setdefault("bytes_by_phase", {})[phase] = size_report(
+                model.cpu(), coder=cfg.coder, index_bits=cfg.index_bits).total_bytes
+            model.to(device)
+            callbacks.on_phase_end(phase, None, json.loads(json.dumps(result)))
+        else:
+            _checkpoint(cfg, phase, model, result, callbacks)
     if plots is not None:
         snapshots["final"] = _weights(model)
     _encode(cfg, model, data, device, result, output)
@@ -96,6 +104,20 @@ def run_cycle(
 
         write_plots(Path(plots), snapshots, size_report(result["path"]))
     return result
+
+
+def train_baseline(config: Mapping[str, Any] | CycleConfig, output: str | Path, progress: bool = False) -> float:
+    """Only the dense phase, saved as a .dcz that ``dense_path`` accepts; returns its accuracy.
+    A sweep trains this once and every trial starts from it."""
+    cfg = config if isinstance(config, CycleConfig) else CycleConfig.from_dict(config)
+    device = pick_device(cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size)
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, data.input_shape, data.num_classes)
+    _dense(cfg, model, data, device, seed_everything(cfg.seed), CycleCallbacks(), progress)
+    accuracy = evaluate(model, data.test, device)
+    save_compressed(model.cpu(), output)
+    return accuracy
 
 
 # -- phases -------------------------------------------------------------------------------
@@ -156,12 +178,16 @@ def _encode(cfg: CycleConfig, model: nn.Module, data: Data, device: torch.device
 
 # -- checkpoints ---------------------------------------------------------------------------
 
-def _checkpoint(phase: str, model: nn.Module, result: dict[str, Any], callbacks: CycleCallbacks) -> None:
+def _checkpoint(cfg: CycleConfig, phase: str, model: nn.Module, result: dict[str, Any],
+                callbacks: CycleCallbacks) -> None:
+    """The model as a .dcz in the run's own format (so its size is the size if the run stopped
+    here: ``bytes_by_phase``) and the results so far, handed to the callback."""
     folder = Path(tempfile.mkdtemp(prefix=f"dcsweep-{phase}-"))
     try:
         device = next(model.parameters()).device
-        save_compressed(model.cpu(), folder / MODEL_FILE, coder="ans")
+        report = save_compressed(model.cpu(), folder / MODEL_FILE, coder=cfg.coder, index_bits=cfg.index_bits)
         model.to(device)
+        result.setdefault("bytes_by_phase", {})[phase] = report.total_bytes
         (folder / STATE_FILE).write_text(json.dumps({"phase": phase, "result": result}, indent=1))
         callbacks.on_phase_end(phase, folder, json.loads(json.dumps(result)))
     finally:
@@ -198,8 +224,12 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     from dcsweep.compression.layers import compressible_layers, structural_mask
 
     out = {}
+    gen = torch.Generator().manual_seed(0)
     for name, module in compressible_layers(model):
         w = module.weight.detach().cpu()
         mask = structural_mask(module)
-        out[name] = (w[mask] if mask is not None else w.reshape(-1)).clone()
+        values = w[mask] if mask is not None else w.reshape(-1)
+        if values.numel() > PLOT_SAMPLES:  # a histogram needs no 100M points
+            values = values[torch.randint(values.numel(), (PLOT_SAMPLES,), generator=gen)]
+        out[name] = values.clone()
     return out

@@ -106,16 +106,57 @@ def list_datasets() -> list[str]:
 
 
 def check_dataset_name(name: str) -> None:
-    if name not in _LOADERS and not (name.startswith("imagefolder:") and len(name) > len("imagefolder:")):
+    if name.startswith("synthetic:"):
+        _synthetic_shape(name)
+    elif name not in _LOADERS and not (name.startswith("imagefolder:") and len(name) > len("imagefolder:")):
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}")
+
+
+#: Shapes of the data sets that live on disk, for generated stand-ins in smoke tests.
+ON_DISK_SHAPES = {"mnist": (1, 28, 28, 10), "fashion_mnist": (1, 28, 28, 10), "cifar10": (3, 32, 32, 10),
+                  "cifar100": (3, 32, 32, 100)}
+
+
+def synthetic_stand_in(name: str, image_size: int = 224) -> str:
+    """``synthetic:CxHxW:N`` with the shape of data set ``name`` (ImageNet's 1000 classes for
+    image folders)."""
+    c, h, w, n = ON_DISK_SHAPES.get(name, (3, image_size, image_size, 1000))
+    return f"synthetic:{c}x{h}x{w}:{n}"
+
+
+def _synthetic_shape(name: str) -> tuple[int, int, int, int]:
+    try:
+        _, dims, classes = name.split(":")
+        c, h, w = (int(v) for v in dims.split("x"))
+        shape = (c, h, w, int(classes))
+        if min(shape) < 1 or shape[3] < 2:
+            raise ValueError
+        return shape
+    except ValueError:
+        raise ValueError(f"synthetic data sets are named synthetic:CxHxW:CLASSES (e.g. synthetic:3x32x32:10); "
+                         f"got {name!r}") from None
+
+
+def _synthetic(name: str) -> Data:
+    """Generated images whose class shifts one channel's mean: learnable, seeded, no files."""
+    c, h, w, classes = _synthetic_shape(name)
+    rng = np.random.default_rng(SPLIT_SEED)
+    n = 256  # few: it stands in for real data in smoke tests, where speed is the point
+    y = rng.permutation(np.arange(n) % classes)
+    x = rng.normal(0.0, 1.0, (n, c, h, w)).astype(np.float32)
+    x[np.arange(n), y % c] += (1.0 + y // c)[:, None, None].astype(np.float32) / max(classes // c, 1)
+    cut = n * 3 // 4
+    return _in_memory(name, x[:cut], y[:cut], x[cut:], y[cut:], (0.0,) * c, (1.0,) * c, classes=classes)
 
 
 def load_dataset(name: str, root: str | Path | None = None, download: bool = False,
                  image_size: int = 224) -> Data:
     check_dataset_name(name)
     if name.startswith("imagefolder:"):
-        return _imagefolder(Path(name.split(":", 1)[1]), image_size)
-    return _LOADERS[name](root=Path(root) if root else None, download=download)
+        return _imagefolder(Path(name.split(":", 1)[1]).expanduser(), image_size)
+    if name.startswith("synthetic:"):
+        return _synthetic(name)
+    return _LOADERS[name](root=Path(root).expanduser() if root else None, download=download)
 
 
 def _split(x: np.ndarray, y: np.ndarray, test: int) -> tuple[np.ndarray, ...]:

@@ -75,3 +75,14 @@ def trained_convnet(trained_convnet_state) -> nn.Module:  # noqa: ANN001
     model = convnet()
     model.load_state_dict(trained_convnet_state)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def ray_local():  # noqa: ANN201
+    """One local Ray instance for the whole test session: 2 CPUs, no dashboard."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             address="local")
+    yield ray
+    ray.shutdown()

@@ -20,9 +20,10 @@ class Recorder(CycleCallbacks):
     def __init__(self, keep: Path) -> None:
         self.keep, self.phases, self.epochs = keep, [], []
 
-    def on_phase_end(self, phase: str, checkpoint_dir: Path, result: dict) -> None:
+    def on_phase_end(self, phase: str, checkpoint_dir: Path | None, result: dict) -> None:
         self.phases.append((phase, dict(result["accuracy"])))
-        shutil.copytree(checkpoint_dir, self.keep / phase)
+        if checkpoint_dir is not None:
+            shutil.copytree(checkpoint_dir, self.keep / phase)
 
     def on_epoch(self, phase: str, epoch: int, loss: float) -> None:
         self.epochs.append((phase, epoch))
