@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from .pareto import pareto_mask, write_csv, write_png
@@ -49,8 +49,7 @@ class SweepTracker:
         else:
             self.parent_id = self.client.create_run(self.experiment_id, run_name=name,
                                                     tags={ROLE: "parent", SWEEP: name}).info.run_id
-            for key, value in (params or {}).items():
-                self.client.log_param(self.parent_id, key, _param(value))
+            self.client.log_batch(self.parent_id, params=[Param(k, _param(v)) for k, v in (params or {}).items()])
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
 
@@ -72,8 +71,7 @@ class SweepTracker:
         else:
             run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags={
                 PARENT_TAG: self.parent_id, ROLE: "child", SWEEP: self.name, TRIAL: trial_id}).info.run_id
-            for key, value in params.items():
-                self.client.log_param(run_id, key, _param(value))
+            self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
             self._last_step[run_id] = -1
         self._runs[trial_id] = run_id
         return run_id
@@ -102,7 +100,7 @@ class SweepTracker:
                 elif path.is_file():
                     self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, "FINISHED")
-        self.update_pareto()
+        self.update_pareto(artifacts=False)  # tags now; the parent's csv/png at the end
 
     def fail_trial(self, trial_id: str, error: str) -> None:
         run_id = self._runs.get(trial_id)
@@ -120,12 +118,14 @@ class SweepTracker:
     def trials(self) -> list[dict[str, Any]]:
         return read_trials(self.client, self.experiment_id)
 
-    def update_pareto(self) -> list[dict[str, Any]]:
+    def update_pareto(self, artifacts: bool = True) -> list[dict[str, Any]]:
+        """Set every child's ``pareto_optimal`` tag; with ``artifacts``, log pareto.csv/png on
+        the parent."""
         trials = self.trials()
         for t in trials:
             if t["tags"].get("pareto_optimal") != str(t["pareto_optimal"]).lower():
                 self.client.set_tag(t["run_id"], "pareto_optimal", str(t["pareto_optimal"]).lower())
-        if trials:
+        if trials and artifacts:
             with tempfile.TemporaryDirectory() as tmp:
                 self.client.log_artifact(self.parent_id, str(write_csv(Path(tmp) / "pareto.csv", trials)))
                 png = write_png(Path(tmp) / "pareto.png", trials, f"{self.name}: accuracy vs size")

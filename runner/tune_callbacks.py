@@ -14,7 +14,7 @@ from ray import tune
 from dcsweep.search_spaces import SearchSpace
 
 from .config import CycleConfig
-from .pareto import label
+from .pareto import label, pareto_mask
 from .tracking import SweepTracker
 
 log = logging.getLogger("dcsweep")
@@ -68,8 +68,11 @@ class ProgressCallback(tune.Callback):
 
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
+        self.finished: dict[str, tuple[float, float]] = {}  # label -> (accuracy, bytes)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("phase") == "final" and result.get("compressed_bytes"):
+            self.finished[label(_swept(self.space, trial.config))] = (result["accuracy"], result["compressed_bytes"])
         done = sum(t.status == "TERMINATED" for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
         size = f", {int(result['compressed_bytes']):,} B" if result.get("compressed_bytes") else ""
@@ -78,6 +81,12 @@ class ProgressCallback(tune.Callback):
         acc = result.get("accuracy")
         sys.stderr.write(f"[{done}/{len(trials)} done, {running} running] {label(_swept(self.space, trial.config))}: "
                          f"{result.get('phase')} accuracy {acc if acc is None else round(acc, 4)}{size}\n")
+        if result.get("phase") == "final":
+            names = list(self.finished)
+            optimal = pareto_mask([self.finished[n][0] for n in names], [self.finished[n][1] for n in names])
+            front = sorted((self.finished[n][1], n) for n, o in zip(names, optimal, strict=True) if o)
+            sys.stderr.write("  front so far: " + " | ".join(
+                f"{n} {self.finished[n][0]:.4f} @ {b / 1024:.1f} KB" for b, n in front) + "\n")
         sys.stderr.flush()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
