@@ -209,15 +209,15 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
     with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own banners: stdout stays JSON
         result = run_sweep(sweep)
-    result["ui"] = f"dcsweep ui --storage {sweep.storage}" if not (args.tracking_uri or _env_uri()) \
-        else f"open {sweep.tracking_uri} in a browser"
+    from .tracking import default_tracking_uri
+
+    if sweep.tracking_uri == default_tracking_uri(sweep.storage):
+        result["ui"] = f"dcsweep ui --storage {sweep.storage}"
+    elif sweep.tracking_uri.startswith("sqlite:"):
+        result["ui"] = f"dcsweep ui --tracking-uri {sweep.tracking_uri}"
+    else:  # a tracking server serves its own UI
+        result["ui"] = f"open {sweep.tracking_uri}"
     return result
-
-
-def _env_uri() -> str | None:
-    import os
-
-    return os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def cmd_pareto(args: argparse.Namespace) -> dict[str, Any]:

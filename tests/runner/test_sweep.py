@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -142,80 +143,68 @@ def test_ui_needs_a_store(capsys, tmp_path: Path) -> None:  # noqa: ANN001
     assert "no sweep store at sqlite:///" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_ui_serves_the_store_on_loopback(swept, tmp_path: Path) -> None:  # noqa: ANN001
+def _free_port() -> int:
     import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
 
-    _, folder = swept
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).parent / "dcsweep"
-    proc = subprocess.Popen([str(exe), "ui", "--storage", str(folder / "store"), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline, status = time.monotonic() + 90, None
-        while time.monotonic() < deadline and status is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    status = r.status
-            except OSError:
-                time.sleep(1)
-        assert status == 200
-    finally:  # MLflow's server starts workers: end the whole process group we started
-        import os
-        import signal
-
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        return s.getsockname()[1]
 
 
-@pytest.fixture()
-def mlflow_server(tmp_path: Path):  # noqa: ANN201
-    """A real `mlflow server` on 127.0.0.1, started and ended (its whole process group) here."""
+@contextlib.contextmanager
+def _served(command: list[str], port: int, within: float = 120):  # noqa: ANN202
+    """Start an MLflow web server process, wait for its /health on 127.0.0.1, and end its whole
+    process group afterwards (MLflow starts worker processes)."""
     import os
     import signal
-    import socket
     import subprocess
-    import sys
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + within
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
                 pass
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("mlflow server did not become healthy in 120 s")
+                raise RuntimeError(f"{command[0]} did not become healthy on port {port} in {within:g} s")
             time.sleep(1)
-        yield url, tmp_path / "server-artifacts"
+        yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_on_loopback(swept) -> None:  # noqa: ANN001
+    import sys
+
+    _, folder = swept
+    port = _free_port()
+    exe = Path(sys.executable).parent / "dcsweep"
+    with _served([str(exe), "ui", "--storage", str(folder / "store"), "--port", str(port)], port, 90) as url:
+        assert url == f"http://127.0.0.1:{port}"  # healthy on loopback
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path):  # noqa: ANN201
+    """A real `mlflow server` on 127.0.0.1, started and ended (its whole process group) here."""
+    import sys
+
+    port = _free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+               str(tmp_path / "server-artifacts")]
+    with _served(command, port) as url:
+        yield url, tmp_path / "server-artifacts"
 
 
 @pytest.mark.slow
