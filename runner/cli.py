@@ -97,10 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the sweep's name (default: SPACE-YYYYmmdd-HHMMSS)")
     _store_args(p)
     p.add_argument("--address", help="an existing Ray cluster (default: a local Ray instance)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep --name (as `dcsweep resume`)")
     p.add_argument("--smoke-test", dest="smoke", action="store_true",
                    help="tiny epochs, a few trials; generated data for data sets not on disk")
     p.add_argument("--cpus-per-trial", dest="cpus", type=float, help="CPUs per trial (fractions allowed)")
     p.add_argument("--gpus-per-trial", dest="gpus", type=float, help="GPUs per trial (fractions allowed)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("resume", help="continue a sweep whose driver died: finished trials are kept")
+    p.add_argument("name")
+    _store_args(p)
+    p.add_argument("--address", help="Ray cluster address (default: a new local Ray instance)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("pareto", help="a sweep's trials from MLflow, Pareto-optimal ones marked")
     p.add_argument("name")
@@ -185,7 +191,7 @@ def _storage(args: argparse.Namespace) -> Path:
 def _tracking_uri(args: argparse.Namespace) -> str:
     import os
 
-    from .tracking import default_tracking_uri
+    from .sweep import default_tracking_uri
 
     return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(_storage(args))
 
@@ -193,23 +199,35 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from dcsweep.search_spaces import SpaceError
 
-    from .sweep import prepare, run_sweep
+    from .sweep import prepare
 
     for flag, value in (("--cpus-per-trial", args.cpus), ("--gpus-per-trial", args.gpus)):
         if value is not None and not 0 <= value <= 1024:
             raise UsageError(f"{flag}={value} is not allowed; it must be a number in [0, 1024]")
     try:
         sweep = prepare(args.space, args.name, _storage(args), args.tracking_uri, args.smoke, args.cpus,
-                        args.gpus, args.address)
+                        args.gpus, args.address, resume=args.resume)
     except SpaceError as exc:
         raise UsageError(str(exc)) from None
+    return _drive(sweep)
+
+
+def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
+    from .sweep import prepare_resume
+
+    return _drive(prepare_resume(args.name, _storage(args), args.tracking_uri, args.address))
+
+
+def _drive(sweep: Any) -> dict[str, Any]:
+    import contextlib
+
     import torch  # noqa: F401 - load libtorch before Ray's workers and loggers do (see pitfalls)
 
-    import contextlib
+    from .driver import run_sweep
+    from .sweep import default_tracking_uri
 
     with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own banners: stdout stays JSON
         result = run_sweep(sweep)
-    from .tracking import default_tracking_uri
 
     if sweep.tracking_uri == default_tracking_uri(sweep.storage):
         result["ui"] = f"dcsweep ui --storage {sweep.storage}"
@@ -260,7 +278,7 @@ def _existing(file: str) -> Path:
 
 
 COMMANDS = {"compress": cmd_compress, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "run": cmd_run,
-            "pareto": cmd_pareto, "ui": cmd_ui}
+            "resume": cmd_resume,             "pareto": cmd_pareto, "ui": cmd_ui}
 
 
 def _print_human(command: str, result: dict[str, Any]) -> None:
@@ -274,7 +292,7 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
         print(f"wrote      {result['path']}  (dcsweep inspect {result['path']} for the per-layer table)")
     elif command == "evaluate":
         print(f"accuracy {result['accuracy']:.4f} on {result['samples']} test samples of {result['dataset']}")
-    elif command in ("run", "pareto"):
+    elif command in ("run", "resume", "pareto"):
         from .pareto import label
 
         trials = result["trials"]

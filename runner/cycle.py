@@ -102,7 +102,10 @@ def run_cycle(
     if plots is not None:
         from .plots import write_plots
 
+        start = time.perf_counter()
         write_plots(Path(plots), snapshots, size_report(result["path"]))
+        result["seconds"]["plots"] = time.perf_counter() - start
+        result["seconds"]["total"] += result["seconds"]["plots"]
     return result
 
 
@@ -161,6 +164,7 @@ def _encode(cfg: CycleConfig, model: nn.Module, data: Data, device: torch.device
             output: str | Path | None) -> None:
     start = time.perf_counter()
     path = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="dcsweep-")) / MODEL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     report = save_compressed(model.cpu(), path, coder=cfg.coder, index_bits=cfg.index_bits)
     decoded = load_compressed(path)  # a fresh model built from the file's own architecture
     result["accuracy"]["decoded"] = evaluate(decoded, data.test, device)

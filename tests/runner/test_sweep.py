@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from dcsweep.compression import load_compressed
 from dcsweep.runner.cli import main
 from dcsweep.runner.pareto import pareto_mask
-from dcsweep.runner.sweep import prepare, run_sweep
+from dcsweep.runner.driver import run_sweep
+from dcsweep.runner.sweep import prepare
 from dcsweep.search_spaces import list_spaces
 
 SPACE = """

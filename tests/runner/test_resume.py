@@ -1,0 +1,243 @@
+"""Resuming sweeps and surviving failures, through the real CLI in subprocesses (each starts its
+own local Ray), against a real SQLite MLflow store. Every process a test starts is ended by id."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dcsweep.runner.cli import main
+
+SPACE = """
+name: resumable
+fixed: {model: lenet300, dataset: digits, epochs: 4, prune_steps: 2, prune_epochs: 6, share_epochs: 3}
+swept:
+  sparsity: {grid: [0.5, 0.9, 0.97]}
+  k: {grid: [2, 16]}
+search: {algorithm: grid, max_concurrent: 2}
+resources: {cpu: 1}
+max_failures: 2
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc; psutil is not a dependency)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _cli(*argv: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """``dcsweep ARGV`` as a subprocess; on exit it and everything it started are killed."""
+    proc = subprocess.Popen([sys.executable, "-m", "dcsweep.runner.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    started: set[int] = set()
+    try:
+        yield proc
+    finally:
+        started.update(_children(proc.pid))
+        _kill([proc.pid, *started])
+        with contextlib.suppress(ValueError):  # pipes already read by _finish
+            proc.communicate(timeout=30)
+
+
+def _finish(proc: subprocess.Popen, within: float = 600) -> dict:
+    out, err = proc.communicate(timeout=within)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out)
+
+
+def _runs(tracking_uri: str, name: str) -> list:
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("dcsweep.role") == "child"]
+
+
+def _front(result: dict) -> set[tuple]:
+    return {(t["params"]["sparsity"], t["params"]["k"], t["accuracy"], t["compressed_bytes"])
+            for t in result["trials"] if t["pareto_optimal"]}
+
+
+def _rows(trial_dir: Path) -> list[dict]:
+    file = trial_dir / "result.json"
+    return [json.loads(line) for line in file.read_text().splitlines()] if file.is_file() else []
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """A storage with the space file and the same sweep run once without interruption."""
+    folder = tmp_path_factory.mktemp("resume")
+    (folder / "space.yaml").write_text(SPACE)
+    storage = folder / "store"
+    with _cli("run", str(folder / "space.yaml"), "--name", "whole", "--storage", str(storage), "--json") as proc:
+        whole = _finish(proc)
+    return folder, storage, whole
+
+
+@pytest.mark.slow
+def test_sigkilled_sweep_resumes_without_losing_or_repeating_work(store) -> None:  # noqa: ANN001
+    folder, storage, whole = store
+    tune_dir = storage / "sweeps" / "cut" / "tune"
+    with _cli("run", str(folder / "space.yaml"), "--name", "cut", "--storage", str(storage), "--json") as proc:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # kill once some trials finished and others run
+            rows = [_rows(d) for d in tune_dir.glob("trial_*")]
+            finished = sum(bool(r) and r[-1]["phase"] == "final" for r in rows)
+            if finished >= 2 and any(r and r[-1]["phase"] != "final" for r in rows):
+                break
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        pids = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _kill(pids)  # the local Ray instance it had started
+    uri = whole["tracking_uri"]
+    before = {r.data.tags["dcsweep.trial_id"]: r for r in _runs(uri, "cut")}
+    done_before = {k: r.info.end_time for k, r in before.items() if r.info.status == "FINISHED"}
+    lines_before = {d.name: len(_rows(d)) for d in tune_dir.glob("trial_*")
+                    if _rows(d) and _rows(d)[-1]["phase"] == "final"}
+    assert done_before and len(done_before) < 6
+
+    with _cli("resume", "cut", "--storage", str(storage), "--json") as proc:
+        resumed = _finish(proc)
+
+    runs = _runs(uri, "cut")
+    client = MlflowClient(uri)
+    assert len(runs) == 6 and {r.data.tags["dcsweep.trial_id"] for r in runs} >= set(before)
+    assert all(r.info.status == "FINISHED" for r in runs)  # none left RUNNING
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]
+        assert steps == [0, 1, 2, 3]  # every phase once
+        trial_id = run.data.tags["dcsweep.trial_id"]
+        if trial_id in done_before:  # finished before the kill: its run untouched
+            assert run.info.end_time == done_before[trial_id]
+    for name, count in lines_before.items():  # ... and the trial not rerun
+        assert len(_rows(tune_dir / name)) == count
+    for d in tune_dir.glob("trial_*"):  # an interrupted trial redid at most one phase
+        phases = [r["phase"] for r in _rows(d)]
+        assert phases[-1] == "final" and max(phases.count(p) for p in set(phases)) <= 2
+    assert _front(resumed) == _front(whole)  # same seeds, same front
+    assert len(resumed["trials"]) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["raise", "kill"])
+def test_a_failed_trial_retries_from_its_last_checkpoint(store, tmp_path: Path, kind: str) -> None:  # noqa: ANN001
+    folder, storage, whole = store
+    name = f"fault-{kind}"
+    env = {"DCSWEEP_TEST_FAULT": f"{kind}:pruned:{tmp_path}:k=2"}
+    with _cli("run", str(folder / "space.yaml"), "--name", name, "--storage", str(storage), "--json",
+              env=env) as proc:
+        result = _finish(proc)
+    assert len(list(tmp_path.iterdir())) == 3  # the three k=2 trials each failed once
+    assert not result["errors"] and len(result["trials"]) == 6
+    assert _front(result) == _front(whole)
+    for d in (storage / "sweeps" / name / "tune").glob("trial_*"):
+        phases = [r["phase"] for r in _rows(d)]
+        assert phases == ["dense", "pruned", "shared", "final"]  # continued after "pruned", not redone
+    assert all(r.info.status == "FINISHED" for r in _runs(result["tracking_uri"], name))
+
+
+@pytest.mark.slow
+def test_a_trial_that_keeps_failing_ends_failed_and_the_sweep_goes_on(store, tmp_path: Path) -> None:  # noqa: ANN001
+    folder, storage, _ = store
+    env = {"DCSWEEP_TEST_FAULT": f"always:dense:{tmp_path}:sparsity=0.97"}
+    with _cli("run", str(folder / "space.yaml"), "--name", "doomed", "--storage", str(storage), "--json",
+              env=env) as proc:
+        result = _finish(proc)
+    assert len(result["errors"]) == 2 and len(result["trials"]) == 4
+    runs = _runs(result["tracking_uri"], "doomed")
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(runs) == 6 and {r.data.params["sparsity"] for r in failed} == {"0.97"} and len(failed) == 2
+    assert all("injected fault" in r.data.tags["error"] for r in failed)
+
+
+@pytest.mark.slow
+def test_divergence_stops_only_that_trial(store, tmp_path: Path) -> None:  # noqa: ANN001
+    folder, storage, _ = store
+    env = {"DCSWEEP_TEST_FAULT": f"diverge:pruned:{tmp_path}:sparsity=0.9"}
+    with _cli("run", str(folder / "space.yaml"), "--name", "div", "--storage", str(storage), "--json",
+              env=env) as proc:
+        result = _finish(proc)
+    runs = _runs(result["tracking_uri"], "div")
+    diverged = [r for r in runs if r.info.status == "FAILED"]
+    assert len(runs) == 6 and {r.data.params["sparsity"] for r in diverged} == {"0.9"} and len(diverged) == 2
+    assert all("loss became nan" in r.data.tags["error"] for r in diverged)
+    stopped = list((storage / "sweeps" / "div" / "tune").glob("trial_*sparsity=0.9000*"))
+    assert len(stopped) == 2
+    for d in stopped:
+        assert [r["phase"] for r in _rows(d)] == ["dense", "pruned", "diverged"]  # stopped, never retried
+    assert sorted({t["params"]["sparsity"] for t in result["trials"]}) == ["0.5", "0.97"]
+
+
+# -- bad input: exit 2, one line, nothing touched -------------------------------------------
+
+def _exit2(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("dcsweep: error:")
+    return err
+
+
+def test_resuming_an_unknown_sweep_is_refused(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    assert "no sweep named 'nope'" in _exit2(capsys, "resume", "nope", "--storage", str(tmp_path))
+    assert "needs the sweep's --name" in _exit2(capsys, "run", "--resume", "--storage", str(tmp_path))
+
+
+def test_resuming_with_a_changed_space_is_refused(store, capsys) -> None:  # noqa: ANN001
+    folder, storage, _ = store
+    saved = storage / "sweeps" / "whole" / "space.yaml"
+    text = saved.read_text()
+    other = folder / "other.yaml"
+    other.write_text(SPACE.replace("k: {grid: [2, 16]}", "k: {grid: [2, 32]}"))
+    before = sorted((p, p.stat().st_mtime_ns) for p in storage.rglob("*") if p.is_file())
+    assert "another space (differ: ['swept'])" in _exit2(
+        capsys, "run", str(other), "--name", "whole", "--resume", "--storage", str(storage))
+    try:
+        saved.write_text(text.replace("0.97", "0.98"))
+        assert "no longer matches" in _exit2(capsys, "resume", "whole", "--storage", str(storage))
+    finally:
+        saved.write_text(text)
+    after = sorted((p, p.stat().st_mtime_ns) for p in storage.rglob("*") if p.is_file() and p != saved)
+    assert after == [b for b in before if b[0] != saved]
+
+
+def test_unreachable_tracking_server_and_unwritable_storage_are_refused(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = _exit2(capsys, "run", "--storage", str(tmp_path), "--tracking-uri", f"http://127.0.0.1:{port}")
+    assert "does not answer" in err and not (tmp_path / "sweeps").exists()
+    (tmp_path / "file").write_text("")
+    assert "is not writable" in _exit2(capsys, "run", "--storage", str(tmp_path / "file" / "store"))
+    err = _exit2(capsys, "run", "--storage", str(tmp_path), "--tracking-uri", "http://me:pw@127.0.0.1:1")
+    assert "must not carry credentials" in err and "pw" not in err
