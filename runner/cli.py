@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a built-in space name or a YAML path (default lenet300-digits)")
     p.add_argument("--name", help="the sweep's name (default: SPACE-YYYYmmdd-HHMMSS)")
     _store_args(p)
-    p.add_argument("--address", help="an existing Ray cluster (default: a local Ray instance)")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="an existing Ray cluster, or 'auto' (default $RAY_ADDRESS, else a new local Ray instance)")
     p.add_argument("--resume", action="store_true", help="continue the sweep --name (as `dcsweep resume`)")
     p.add_argument("--smoke-test", dest="smoke", action="store_true",
                    help="tiny epochs, a few trials; generated data for data sets not on disk")
@@ -106,7 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a sweep whose driver died: finished trials are kept")
     p.add_argument("name")
     _store_args(p)
-    p.add_argument("--address", help="Ray cluster address (default: a new local Ray instance)")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="an existing Ray cluster, or 'auto' (default $RAY_ADDRESS, else a new local Ray instance)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("submit", help="submit a sweep to a Ray cluster through the Ray Jobs API")
+    p.add_argument("space", nargs="?", default="lenet300-digits",
+                   help="a built-in space name or a YAML path (shipped with the job)")
+    p.add_argument("--address", required=True, help="the cluster's Jobs API, e.g. http://HEAD:8265")
+    p.add_argument("--name", help="the sweep's name (default: SPACE-YYYYmmdd-HHMMSS)")
+    p.add_argument("--storage", help="sweep storage as the cluster sees it: a path every node mounts")
+    p.add_argument("--tracking-uri", dest="tracking_uri",
+                   help="MLflow tracking URI for the job (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--smoke-test", dest="smoke", action="store_true")
+    p.add_argument("--cpus-per-trial", dest="cpus", type=float)
+    p.add_argument("--gpus-per-trial", dest="gpus", type=float)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("pareto", help="a sweep's trials from MLflow, Pareto-optimal ones marked")
     p.add_argument("name")
@@ -212,6 +227,13 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     return _drive(sweep)
 
 
+def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
+    from .submit import submit
+
+    return submit(args.space, args.address, args.name, args.storage, args.tracking_uri, args.smoke, args.cpus,
+                  args.gpus)
+
+
 def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
     from .sweep import prepare_resume
 
@@ -221,11 +243,19 @@ def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
 def _drive(sweep: Any) -> dict[str, Any]:
     import contextlib
 
+    from .sweep import use_ray_token
+
+    if sweep.address:  # before Ray reads its configuration
+        use_ray_token()
+
     import torch  # noqa: F401 - load libtorch before Ray's workers and loggers do (see pitfalls)
 
     from .driver import run_sweep
     from .sweep import default_tracking_uri
 
+    import dcsweep.runner
+
+    log.info("dcsweep from %s", Path(dcsweep.runner.__file__).parent.parent)
     with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own banners: stdout stays JSON
         result = run_sweep(sweep)
 
@@ -278,7 +308,7 @@ def _existing(file: str) -> Path:
 
 
 COMMANDS = {"compress": cmd_compress, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "run": cmd_run,
-            "resume": cmd_resume,             "pareto": cmd_pareto, "ui": cmd_ui}
+            "resume": cmd_resume, "submit": cmd_submit,             "pareto": cmd_pareto, "ui": cmd_ui}
 
 
 def _print_human(command: str, result: dict[str, Any]) -> None:
@@ -292,6 +322,10 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
         print(f"wrote      {result['path']}  (dcsweep inspect {result['path']} for the per-layer table)")
     elif command == "evaluate":
         print(f"accuracy {result['accuracy']:.4f} on {result['samples']} test samples of {result['dataset']}")
+    elif command == "submit":
+        print(f"submitted sweep {result['name']} as Ray job {result['job_id']}")
+        print(f"follow it:  {result['follow']}")
+        print(f"its status: {result['status']}")
     elif command in ("run", "resume", "pareto"):
         from .pareto import label
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,6 +66,38 @@ def fit_resources(sweep: Sweep) -> Sweep:
         return replace(sweep, space=fitted)
     raise ConfigError(f"trials ask for {space.cpu:g} CPU and {space.gpu:g} GPU, but the largest node has "
                       f"{cpu:g} CPU and {gpu:g} GPU; pass --cpus-per-trial/--gpus-per-trial or use a bigger cluster")
+
+
+def check_shared_storage(sweep: Sweep) -> None:
+    """On a cluster of several nodes every node must see the storage (trials checkpoint into
+    it): a file written here is looked for by a task on each node. A path only this machine
+    has is refused before anything starts."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    sweep.storage.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=sweep.storage, prefix=".shared-probe-", suffix=".txt") as probe:
+        token = os.urandom(16).hex()
+        probe.write(token)
+        probe.flush()
+        sees = ray.remote(num_cpus=0)(_sees)
+        answers = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(
+            probe.name, token) for n in nodes])
+    blind = [n for n, ok in zip(nodes, answers, strict=True) if not ok]
+    if blind:
+        raise ConfigError(f"storage {sweep.storage} is a local path that {len(blind)} of the cluster's "
+                          f"{len(nodes)} nodes cannot see (node {blind[0][:12]}...); trials checkpoint into it, "
+                          f"so give a shared filesystem path that every node mounts at the same place")
+
+
+def _sees(path: str, token: str) -> bool:
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
 
 
 @dataclass
@@ -140,7 +173,9 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
                      log_to_driver=False, **({} if sweep.address else {"num_cpus": os.cpu_count()}))
         try:
             # a trial no node can hold is refused before anything is written
-            tracker, outcome, results = _run(fit_resources(sweep), client, pool)
+            sweep = fit_resources(sweep)
+            check_shared_storage(sweep)
+            tracker, outcome, results = _run(sweep, client, pool)
             # the parent's pareto.csv/png are drawn while Ray's processes stop
             trials = pool.submit(_final_trials, tracker, sweep, results, outcome)
         finally:

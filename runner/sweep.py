@@ -155,14 +155,29 @@ def _check_places(sweep: Sweep) -> None:
         raise ConfigError(f"storage {sweep.storage} is not writable: {exc.strerror}") from None
 
 
-def check_tracking_uri(uri: str) -> None:
-    """No credentials inside the URI (they would be logged and saved); a tracking server must
-    answer its health check."""
+def use_ray_token() -> None:
+    """Ray 2.60 clusters authenticate every client with a token, but a client only sends one
+    when RAY_AUTH_MODE says so: when the user has a token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token) and has not chosen a mode, use it."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if (os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
+            .expanduser().is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def refuse_credentials(uri: str) -> None:
     parsed = urllib.parse.urlsplit(uri)
     if parsed.username or parsed.password:
         raise ConfigError("the MLflow tracking URI must not carry credentials; set MLFLOW_TRACKING_USERNAME/"
                           "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment instead")
-    if parsed.scheme not in ("http", "https"):
+
+
+def check_tracking_uri(uri: str) -> None:
+    """No credentials inside the URI (they would be logged and saved); a tracking server must
+    answer its health check."""
+    refuse_credentials(uri)
+    if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
         return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as answer:

@@ -83,7 +83,14 @@ def phase_metrics(phase: str, result: dict[str, Any]) -> dict[str, Any]:
     # before the end: the size of the .dcz if the trial stopped after this phase, so every
     # result carries both objectives (Tune checks that a multi-objective searcher gets them)
     metrics.setdefault("compressed_bytes", result.get("bytes_by_phase", {}).get(phase))
+    metrics["node_id"] = _node_id()  # which Ray node ran it: several nodes may share one IP
     return metrics
+
+
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def trial(config: dict[str, Any], baseline: list[Any] | None = None) -> None:
