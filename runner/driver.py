@@ -163,6 +163,7 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # a tracking server that went away must not stall the driver for minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     started_here = not ray.is_initialized()
     with ThreadPoolExecutor(2, thread_name_prefix="dcsweep") as pool:
@@ -256,7 +257,7 @@ def _final_trials(tracker: Any, sweep: Sweep, results: Any, outcome: dict[str, A
 
         outcome["mlflow_pending"] = True
         done = [r for r in results if r.error is None and (r.metrics or {}).get("phase") == "final"]
-        trials = [{"run_id": None, "params": {d.name: r.config.get(d.name) for d in sweep.space.swept},
+        trials = [{"run_id": None, "params": {d.name: str(r.config.get(d.name)) for d in sweep.space.swept},
                    "accuracy": r.metrics["accuracy"], "compressed_bytes": int(r.metrics["compressed_bytes"]),
                    "ratio": r.metrics.get("compression_ratio")} for r in done]
         for t, optimal in zip(trials, pareto_mask([t["accuracy"] for t in trials],

@@ -69,6 +69,9 @@ class SweepTracker:
             self._status[run_id] = found[0].info.status
             history = self.client.get_metric_history(run_id, "accuracy")
             self._last_step[run_id] = max((m.step for m in history), default=-1)
+            missing = {k: v for k, v in params.items() if k not in found[0].data.params}
+            if missing:  # created just before MLflow went away: its params never arrived
+                self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in missing.items()])
         else:
             run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags={
                 PARENT_TAG: self.parent_id, ROLE: "child", SWEEP: self.name, TRIAL: trial_id}).info.run_id

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ def _swept(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any]:
 # only the sweep's name and find this driver's tracker here, so a restored sweep logs through a
 # fresh MLflow client (and no client, URI or credential is pickled into the storage).
 _TRACKERS: dict[str, SweepTracker] = {}
+RETRY_AFTER_S = 30.0
 
 
 def register_tracker(tracker: SweepTracker) -> None:
@@ -41,16 +43,22 @@ class MlflowCallback(tune.Callback):
 
     def __init__(self, name: str, space: SearchSpace) -> None:
         self.name, self.space = name, space
-        self.pending = False
+        self.pending = False  # something was not logged: sync_results logs it at the end
+        self.failed_at = -RETRY_AFTER_S
 
     @property
     def tracker(self) -> SweepTracker:
         return _TRACKERS[self.name]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name, "space": self.space, "pending": False}
+        return {"name": self.name, "space": self.space, "pending": False, "failed_at": -RETRY_AFTER_S}
 
     def _safely(self, what: str, call: Any) -> None:
+        # after a failure, wait a while before calling MLflow again: each call to a server that
+        # is down costs its retries, and the Tune loop waits for callbacks
+        if time.monotonic() - self.failed_at < RETRY_AFTER_S:
+            self.pending = True
+            return
         try:
             call()
         except Exception as exc:  # noqa: BLE001 - any MLflow or network failure
@@ -58,7 +66,7 @@ class MlflowCallback(tune.Callback):
                 log.warning("MLflow is unreachable (%s: %s); the sweep goes on and its results, kept in the "
                             "sweep storage, are logged at the end or by `dcsweep resume`", what,
                             str(exc).splitlines()[0][:200])
-            self.pending = True
+            self.pending, self.failed_at = True, time.monotonic()
 
     def _run(self, trial: Any) -> str:
         return trial_run(self.tracker, self.space, trial.trial_id, trial.config)

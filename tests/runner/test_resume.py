@@ -241,3 +241,34 @@ def test_unreachable_tracking_server_and_unwritable_storage_are_refused(capsys, 
     assert "is not writable" in _exit2(capsys, "run", "--storage", str(tmp_path / "file" / "store"))
     err = _exit2(capsys, "run", "--storage", str(tmp_path), "--tracking-uri", "http://me:pw@127.0.0.1:1")
     assert "must not carry credentials" in err and "pw" not in err
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_goes_away_mid_sweep(store, tmp_path: Path) -> None:  # noqa: ANN001
+    from .test_sweep import _free_port, _served
+
+    folder, storage, whole = store
+    port = _free_port()
+    server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+              "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+              str(tmp_path / "artifacts")]
+    tune_dir = storage / "sweeps" / "outage" / "tune"
+    with contextlib.ExitStack() as stack:
+        with _served(server, port) as url:
+            proc = stack.enter_context(_cli("run", str(folder / "space.yaml"), "--name", "outage", "--storage",
+                                            str(storage), "--tracking-uri", url, "--json"))
+            deadline = time.monotonic() + 300
+            while not any(r and r[-1]["phase"] == "final" for r in map(_rows, tune_dir.glob("trial_*"))):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        result = _finish(proc)  # the server went away: the sweep still finished
+    assert result["mlflow_pending"] and len(result["trials"]) == 6 and _front(result) == _front(whole)
+    with _served(server, port) as url, _cli("resume", "outage", "--storage", str(storage), "--json") as proc:
+        resumed = _finish(proc)  # the sweep's own tracking URI, from its sweep.json
+        runs = _runs(url, "outage")
+        client = MlflowClient(url)
+        assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+        for run in runs:
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [0, 1, 2, 3]
+            assert {"model.dcz", "layers.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert not resumed.get("mlflow_pending") and _front(resumed) == _front(whole)
