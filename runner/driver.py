@@ -84,9 +84,15 @@ def check_shared_storage(sweep: Sweep) -> None:
         probe.write(token)
         probe.flush()
         sees = ray.remote(num_cpus=0)(_sees)
-        answers = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(
-            probe.name, token) for n in nodes])
-    blind = [n for n, ok in zip(nodes, answers, strict=True) if not ok]
+        refs = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(
+            probe.name, token) for n in nodes]
+        blind = []
+        for node, ref in zip(nodes, refs, strict=True):
+            try:
+                if not ray.get(ref, timeout=60):
+                    blind.append(node)
+            except ray.exceptions.RayError as exc:  # a node that just died, or hangs, runs no trial either
+                log.warning("storage check: node %s did not answer (%s)", node[:12], type(exc).__name__)
     if blind:
         raise ConfigError(f"storage {sweep.storage} is a local path that {len(blind)} of the cluster's "
                           f"{len(nodes)} nodes cannot see (node {blind[0][:12]}...); trials checkpoint into it, "

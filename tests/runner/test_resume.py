@@ -160,9 +160,16 @@ def test_a_failed_trial_retries_from_its_last_checkpoint(store, tmp_path: Path, 
     assert not result["errors"] and len(result["trials"]) == 6
     assert _front(result) == _front(whole)
     for d in (storage / "sweeps" / name / "tune").glob("trial_*"):
+        # continued after "pruned", nothing redone (a worker killed right after reporting may
+        # take that report's row in Tune's log with it, never the checkpoint)
         phases = [r["phase"] for r in _rows(d)]
-        assert phases == ["dense", "pruned", "shared", "final"]  # continued after "pruned", not redone
-    assert all(r.info.status == "FINISHED" for r in _runs(result["tracking_uri"], name))
+        assert phases[-1] == "final" and phases.count("dense") == 1 and phases.count("pruned") <= 1
+        assert phases.count("shared") == 1
+    runs = _runs(result["tracking_uri"], name)
+    client = MlflowClient(result["tracking_uri"])
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [0, 1, 2, 3]
 
 
 @pytest.mark.slow
