@@ -200,6 +200,9 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _storage(args: argparse.Namespace) -> Path:
     from .sweep import default_storage
 
+    if args.storage and "://" in args.storage:
+        raise UsageError(f"--storage={args.storage!r}: object stores are not supported yet; give a path, on a "
+                         f"cluster one every node mounts (NFS, EFS, Filestore)")
     return Path(args.storage).expanduser() if args.storage else default_storage()
 
 

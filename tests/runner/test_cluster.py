@@ -5,6 +5,7 @@ process is ended by id, the cluster included."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import socket
@@ -167,3 +168,39 @@ def test_sweep_completes_when_a_worker_node_dies(cluster) -> None:  # noqa: ANN0
     client = MlflowClient(result["tracking_uri"])
     for run in runs:  # a trial moved to the head node logs each phase once
         assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [0, 1, 2, 3]
+
+
+def _can_unshare() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs mount namespaces (unshare -m) to hide a path from a node")
+def test_a_storage_path_some_node_cannot_see_is_refused(cluster) -> None:  # noqa: ANN001
+    """A third node started in its own mount namespace, where the storage is an empty tmpfs: a
+    local path on a multi-node cluster that is not shared. (Runs after the worker node died.)"""
+    folder = cluster["folder"]
+    storage = folder / "unshared"
+    storage.mkdir()
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    node = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs none {storage} && exec {RAY} start --block "
+         f"--disable-usage-stats --address {cluster['address']} --num-cpus 1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, **AUTH, "PATH": path})
+    try:
+        deadline = time.monotonic() + 120
+        while len(_nodes(cluster["address"])) < 2:
+            assert time.monotonic() < deadline and node.poll() is None
+            time.sleep(1)
+        with _cli("run", str(folder / "space.yaml"), "--name", "unshared", "--storage", str(storage),
+                  "--address", cluster["address"], "--json") as proc:
+            out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2 and not out
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("dcsweep: error: storage") and "cannot see" in last
+        assert not (storage / "sweeps" / "unshared").exists() and not list(storage.glob(".shared-probe-*"))
+    finally:
+        pids = _children(node.pid)
+        _kill([node.pid, *pids])
+        node.wait()

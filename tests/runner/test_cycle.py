@@ -49,7 +49,8 @@ def test_cycle_compresses_digits(full_run) -> None:  # noqa: ANN001
     assert result["ratio"] > 15
     assert set(result["compressed_bytes_by_coder"]) == {"huffman", "ans"}
     assert {row["name"] for row in result["layers"]} >= {"fc1.weight", "fc1.bias", "fc3.weight"}
-    assert set(result["seconds"]) == {"dense", "pruned", "shared", "encoded", "total"}
+    assert set(result["seconds"]) == {"dense", "pruned", "shared", "encoded", "plots", "total"}
+    assert result["seconds"]["total"] == pytest.approx(sum(v for k, v in result["seconds"].items() if k != "total"))
     json.dumps(result)  # the compress JSON is plain JSON
 
 
