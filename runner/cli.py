@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a built-in space name or a YAML path (shipped with the job)")
     p.add_argument("--address", required=True, help="the cluster's Jobs API, e.g. http://HEAD:8265")
     p.add_argument("--name", help="the sweep's name (default: SPACE-YYYYmmdd-HHMMSS)")
-    p.add_argument("--storage", help="sweep storage as the cluster sees it: a path every node mounts")
+    p.add_argument("--storage", help="sweep storage as the cluster sees it: a path every node mounts, or s3://, gs://")
     p.add_argument("--tracking-uri", dest="tracking_uri",
                    help="MLflow tracking URI for the job (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--smoke-test", dest="smoke", action="store_true")
@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", help="sweep storage folder (default $DCSWEEP_STORAGE or ~/dcsweep-runs)")
+    p.add_argument("--storage", help="sweep storage: a folder (shared by every node of a cluster) or an s3:// "
+                   "or gs:// URI (default $DCSWEEP_STORAGE or ~/dcsweep-runs)")
     p.add_argument("--tracking-uri", dest="tracking_uri",
                    help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite in the storage)")
 
@@ -197,13 +198,11 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return {"accuracy": accuracy, "samples": len(data.test), "file": str(path), "dataset": args.dataset}
 
 
-def _storage(args: argparse.Namespace) -> Path:
+def _storage(args: argparse.Namespace) -> Any:
+    from .storage import Storage
     from .sweep import default_storage
 
-    if args.storage and "://" in args.storage:
-        raise UsageError(f"--storage={args.storage!r}: object stores are not supported yet; give a path, on a "
-                         f"cluster one every node mounts (NFS, EFS, Filestore)")
-    return Path(args.storage).expanduser() if args.storage else default_storage()
+    return Storage(args.storage or default_storage())
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
@@ -262,7 +261,7 @@ def _drive(sweep: Any) -> dict[str, Any]:
     with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own banners: stdout stays JSON
         result = run_sweep(sweep)
 
-    if sweep.tracking_uri == default_tracking_uri(sweep.storage):
+    if sweep.storage.local and sweep.tracking_uri == default_tracking_uri(sweep.storage):
         result["ui"] = f"dcsweep ui --storage {sweep.storage}"
     elif sweep.tracking_uri.startswith("sqlite:"):
         result["ui"] = f"dcsweep ui --tracking-uri {sweep.tracking_uri}"

@@ -76,10 +76,10 @@ def check_shared_storage(sweep: Sweep) -> None:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) < 2:
+    if len(nodes) < 2 or sweep.storage.local is None:  # an object store is the same from every node
         return
-    sweep.storage.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=sweep.storage, prefix=".shared-probe-", suffix=".txt") as probe:
+    sweep.storage.local.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=sweep.storage.local, prefix=".shared-probe-", suffix=".txt") as probe:
         token = os.urandom(16).hex()
         probe.write(token)
         probe.flush()
@@ -112,7 +112,7 @@ class Baseline:
     ``stored`` is done, its file in the sweep storage."""
 
     key: str
-    path: Path
+    path: str  # in the storage
     ref: Any
     stored: Future
 
@@ -131,13 +131,13 @@ def start_baseline(sweep: Sweep, pool: ThreadPoolExecutor) -> Baseline | None:
     if any(d.name in BASELINE_FIELDS for d in sweep.space.swept) or "dense_path" in sweep.space.fixed:
         return None
     key = baseline_key(sweep.space.fixed)
-    folder = sweep.storage / "baselines" / key
-    path = folder / "model.dcz"
-    if path.is_file():
+    storage, folder = sweep.storage, ("baselines", key)
+    path = storage.uri(*folder, "model.dcz")
+    if storage.exists(*folder, "model.dcz"):
         log.info("dense baseline %s: reusing %s", key, path)
         done: Future = Future()
         done.set_result(None)
-        return Baseline(key, path, ray.put(path.read_bytes()), done)
+        return Baseline(key, path, ray.put(storage.read_bytes(*folder, "model.dcz")), done)
     group = placement_group([{"CPU": sweep.space.cpu, "GPU": sweep.space.gpu}])
     ray.get(group.ready())
     task = ray.remote(num_cpus=sweep.space.cpu, num_gpus=sweep.space.gpu, num_returns=2)(baseline_task)
@@ -148,13 +148,10 @@ def start_baseline(sweep: Sweep, pool: ThreadPoolExecutor) -> Baseline | None:
             data, (accuracy, seconds) = ray.get([blob, meta])
         finally:
             remove_placement_group(group)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".model.{os.getpid()}.dcz"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        storage.write_bytes(data, *folder, "model.dcz")
         settings = CycleConfig.from_dict(sweep.space.fixed).to_dict()
-        (folder / "meta.json").write_text(json.dumps({"key": key, "accuracy": accuracy, "seconds": seconds,
-                                                      **{k: settings[k] for k in BASELINE_FIELDS}}, indent=1))
+        storage.write_text(json.dumps({"key": key, "accuracy": accuracy, "seconds": seconds,
+                                       **{k: settings[k] for k in BASELINE_FIELDS}}, indent=1), *folder, "meta.json")
         log.info("dense baseline %s: accuracy %.4f in %.1f s, stored at %s", key, accuracy, seconds, path)
 
     return Baseline(key, path, blob, pool.submit(store))
@@ -209,7 +206,9 @@ def _run(sweep: Sweep, client: Future, pool: ThreadPoolExecutor) -> tuple[Any, d
     baseline = start_baseline(sweep, pool)
     # a local store keeps artifacts beside it; a tracking server decides (and serves) its own
     local = sweep.tracking_uri.startswith(("sqlite:", "file:"))
-    tracker = SweepTracker(client.result(), sweep.name, sweep.storage / "mlartifacts" if local else None,
+    artifacts = (sweep.storage.local / "mlartifacts").as_uri() if sweep.storage.local else sweep.storage.uri(
+        "mlartifacts")
+    tracker = SweepTracker(client.result(), sweep.name, artifacts if local else None,
                            params={"space": sweep.space.name, "algorithm": sweep.space.algorithm,
                                    "smoke_test": sweep.smoke})
     register_tracker(tracker)
@@ -220,7 +219,7 @@ def _run(sweep: Sweep, client: Future, pool: ThreadPoolExecutor) -> tuple[Any, d
             # in a list: Ray refuses to put an ObjectRef itself, but keeps one nested
             trainable = tune.with_parameters(trial, baseline=[baseline.key, baseline.ref])
         trainable = tune.with_resources(trainable, {"cpu": sweep.space.cpu, "gpu": sweep.space.gpu})
-        path = str(sweep.folder / "tune")
+        path = sweep.storage.uri(*sweep.folder, "tune")
         if sweep.resume and tune.Tuner.can_restore(path):
             log.info("resuming sweep %s from %s", sweep.name, path)
             # the callbacks come back from Tune's pickled state and find this driver's tracker
@@ -231,7 +230,7 @@ def _run(sweep: Sweep, client: Future, pool: ThreadPoolExecutor) -> tuple[Any, d
                 params["dense_path"] = str(baseline.path)  # where it is kept; trials read the object store
             tuner = tune.Tuner(trainable, param_space=params, tune_config=_tune_config(sweep.space),
                                run_config=tune.RunConfig(
-                                   name="tune", storage_path=str(sweep.folder), verbose=0,
+                                   name="tune", storage_path=sweep.storage.uri(*sweep.folder), verbose=0,
                                    failure_config=tune.FailureConfig(max_failures=sweep.space.max_failures),
                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks))
         results = tuner.fit()

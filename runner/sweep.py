@@ -1,6 +1,7 @@
 """What a sweep is, validated before Ray starts: its space, name, storage and tracking store.
 
-Storage layout (``--storage``, default ``$DCSWEEP_STORAGE`` or ``~/dcsweep-runs``)::
+Storage layout (``--storage``: a path, or an ``s3://``/``gs://`` URI with a tracking server;
+default ``$DCSWEEP_STORAGE`` or ``~/dcsweep-runs``)::
 
     mlflow.db                  the default MLflow store (one experiment per sweep)
     mlartifacts/<sweep>/       its artifacts
@@ -33,6 +34,7 @@ from dcsweep.search_spaces import SearchSpace, SpaceError, load_space
 
 from .config import ConfigError, CycleConfig
 from .datasets import DataError, load_dataset, synthetic_stand_in
+from .storage import Storage
 
 log = logging.getLogger("dcsweep")
 BASELINE_FIELDS = ("model", "dataset", "data_root", "image_size", "epochs", "optimizer", "lr", "momentum",
@@ -41,12 +43,16 @@ SMOKE_TRIALS = 3
 SPACE_FILE, SWEEP_FILE = "space.yaml", "sweep.json"
 
 
-def default_storage() -> Path:
-    return Path(os.environ.get("DCSWEEP_STORAGE", "~/dcsweep-runs")).expanduser()
+def default_storage() -> str:
+    return os.environ.get("DCSWEEP_STORAGE", "~/dcsweep-runs")
 
 
-def default_tracking_uri(storage: Path) -> str:
-    return f"sqlite:///{(storage / 'mlflow.db').resolve()}"
+def default_tracking_uri(storage: Storage) -> str:
+    """SQLite beside a local storage; an object store holds no database, so it needs a server."""
+    if storage.local is None:
+        raise ConfigError(f"storage {storage} is an object store, which cannot hold the default SQLite MLflow "
+                          f"store; pass --tracking-uri (or MLFLOW_TRACKING_URI) with a tracking server")
+    return f"sqlite:///{storage.local / 'mlflow.db'}"
 
 
 def check_settings(settings: dict[str, Any]) -> None:
@@ -59,18 +65,19 @@ class Sweep:
 
     name: str
     space: SearchSpace
-    storage: Path
+    storage: Storage
     tracking_uri: str
     smoke: bool = False
     address: str | None = None
     resume: bool = False
 
     @property
-    def folder(self) -> Path:
-        return self.storage / "sweeps" / self.name
+    def folder(self) -> tuple[str, str]:
+        """The sweep's folder in the storage, as parts."""
+        return ("sweeps", self.name)
 
 
-def prepare(space_name: str, name: str | None, storage: Path, tracking_uri: str | None, smoke: bool,
+def prepare(space_name: str, name: str | None, storage: str | Path, tracking_uri: str | None, smoke: bool,
             cpus: float | None, gpus: float | None, address: str | None, resume: bool = False) -> Sweep:
     """Validate the space and the place; raise ConfigError (exit 2) before anything starts.
     With ``resume``, the sweep must exist and have been started with this very space."""
@@ -84,75 +91,70 @@ def prepare(space_name: str, name: str | None, storage: Path, tracking_uri: str 
     name = name or f"{space.name}-{_timestamp()}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(f"--name={name!r} is not allowed; use letters, digits, '-', '_' and '.'")
-    storage = storage.expanduser().resolve()
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
-    sweep = Sweep(name, space, storage, uri, smoke, address, resume)
+    place = Storage(storage)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(place)
+    sweep = Sweep(name, space, place, uri, smoke, address, resume)
     if resume:
         saved = _saved(sweep.storage, name)
         if saved.to_dict() != space.to_dict():
             differ = sorted(k for k, v in space.to_dict().items() if saved.to_dict().get(k) != v)
             raise ConfigError(f"sweep {name!r} was started with another space (differ: {differ}); resume it "
                               f"with `dcsweep resume {name}` or give a new --name")
-    elif sweep.folder.exists():
+    elif sweep.storage.exists(*sweep.folder):
         raise ConfigError(f"sweep {name!r} already exists in {sweep.storage}; give another --name, or "
                           f"continue it with `dcsweep resume {name}`")
     _check_places(sweep)
     return sweep
 
 
-def prepare_resume(name: str, storage: Path, tracking_uri: str | None, address: str | None) -> Sweep:
+def prepare_resume(name: str, storage: str | Path, tracking_uri: str | None, address: str | None) -> Sweep:
     """The sweep ``name`` as it was started: its saved space, smoke flag and tracking URI."""
-    storage = storage.expanduser().resolve()
-    space = _saved(storage, name)
-    meta = json.loads((storage / "sweeps" / name / SWEEP_FILE).read_text())
+    place = Storage(storage)
+    space = _saved(place, name)
+    meta = json.loads(place.read_text("sweeps", name, SWEEP_FILE))
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or meta["tracking_uri"]
-    sweep = Sweep(name, space, storage, uri, bool(meta.get("smoke")), address, resume=True)
+    sweep = Sweep(name, space, place, uri, bool(meta.get("smoke")), address, resume=True)
     _check_places(sweep)
     return sweep
 
 
-def _saved(storage: Path, name: str) -> SearchSpace:
+def _saved(storage: Storage, name: str) -> SearchSpace:
     """The space a sweep was started with, checked against the digest taken then."""
-    folder = storage / "sweeps" / name
-    if not (folder / SPACE_FILE).is_file() or not (folder / SWEEP_FILE).is_file():
-        names = sorted(p.name for p in (storage / "sweeps").glob("*") if (p / SPACE_FILE).is_file())
+    where = f"{storage.uri('sweeps', name)}/"
+    if not storage.exists("sweeps", name, SPACE_FILE) or not storage.exists("sweeps", name, SWEEP_FILE):
+        names = [n for n in storage.folders("sweeps") if storage.exists("sweeps", n, SPACE_FILE)]
         raise ConfigError(f"no sweep named {name!r} in {storage}; sweeps there: {names}")
     try:
-        meta = json.loads((folder / SWEEP_FILE).read_text())
-        digest = meta["space_sha256"]
+        digest = json.loads(storage.read_text("sweeps", name, SWEEP_FILE))["space_sha256"]
     except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{folder / SWEEP_FILE} is unreadable ({exc}); this sweep cannot be resumed") from None
-    if space_digest(folder / SPACE_FILE) != digest:
-        raise ConfigError(f"{folder / SPACE_FILE} no longer matches the space sweep {name!r} was started with "
+        raise ConfigError(f"{where}{SWEEP_FILE} is unreadable ({exc}); this sweep cannot be resumed") from None
+    text = storage.read_bytes("sweeps", name, SPACE_FILE)
+    if hashlib.sha256(text).hexdigest() != digest:
+        raise ConfigError(f"{where}{SPACE_FILE} no longer matches the space sweep {name!r} was started with "
                           f"(its sha256 changed); restore the file or start a new sweep")
-    try:
-        return load_space(folder / SPACE_FILE, check_settings)
-    except SpaceError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def space_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = storage.local.joinpath("sweeps", name, SPACE_FILE) if storage.local else Path(tmp, SPACE_FILE)
+        if storage.local is None:
+            path.write_bytes(text)
+        try:
+            return load_space(path, check_settings)
+        except SpaceError as exc:
+            raise ConfigError(str(exc).replace(str(path), f"{where}{SPACE_FILE}")) from None
 
 
 def write_sweep_files(sweep: Sweep) -> None:
     """space.yaml (the space as run) and sweep.json (its digest, the tracking URI, the smoke flag)."""
-    sweep.folder.mkdir(parents=True)
-    (sweep.folder / SPACE_FILE).write_text(yaml.safe_dump(sweep.space.to_dict(), sort_keys=False))
-    (sweep.folder / SWEEP_FILE).write_text(json.dumps({
-        "space_sha256": space_digest(sweep.folder / SPACE_FILE), "tracking_uri": sweep.tracking_uri,
-        "smoke": sweep.smoke, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+    text = yaml.safe_dump(sweep.space.to_dict(), sort_keys=False)
+    sweep.storage.write_text(text, *sweep.folder, SPACE_FILE)
+    sweep.storage.write_text(json.dumps({
+        "space_sha256": hashlib.sha256(text.encode()).hexdigest(), "tracking_uri": sweep.tracking_uri,
+        "smoke": sweep.smoke, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1), *sweep.folder, SWEEP_FILE)
 
 
 def _check_places(sweep: Sweep) -> None:
     """The tracking store is reachable and the storage writable, before anything starts."""
     check_tracking_uri(sweep.tracking_uri)
-    try:
-        sweep.folder.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=sweep.folder.parent)
-        probe.close()
-    except OSError as exc:
-        raise ConfigError(f"storage {sweep.storage} is not writable: {exc.strerror}") from None
+    sweep.storage.check_writable()
 
 
 def use_ray_token() -> None:

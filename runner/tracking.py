@@ -29,7 +29,7 @@ STEPS = {"dense": 0, "pruned": 1, "shared": 2, "final": 3}
 class SweepTracker:
     """The MLflow side of one sweep; every method is idempotent across driver restarts."""
 
-    def __init__(self, client: MlflowClient | str, name: str, artifact_root: Path | None = None,
+    def __init__(self, client: MlflowClient | str, name: str, artifact_root: str | None = None,
                  params: dict[str, Any] | None = None) -> None:
         # a client may come ready-made: a new SQLite store takes a second to create its tables,
         # which the driver spends while Ray starts
@@ -37,7 +37,7 @@ class SweepTracker:
         self.name = name
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
-            location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+            location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None  # a URI
             self.experiment_id = self.client.create_experiment(name, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id

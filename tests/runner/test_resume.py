@@ -248,8 +248,9 @@ def test_unreachable_tracking_server_and_unwritable_storage_are_refused(capsys, 
     assert "is not writable" in _exit2(capsys, "run", "--storage", str(tmp_path / "file" / "store"))
     err = _exit2(capsys, "run", "--storage", str(tmp_path), "--tracking-uri", "http://me:pw@127.0.0.1:1")
     assert "must not carry credentials" in err and "pw" not in err
-    assert "object stores are not supported yet" in _exit2(capsys, "run", "--storage", "s3://bucket/runs")
-    assert not Path("s3:").exists()
+    assert "scheme 'ftp' is not supported" in _exit2(capsys, "run", "--storage", "ftp://host/runs")
+    assert "cannot hold the default SQLite" in _exit2(capsys, "run", "--storage", "s3://bucket/runs")
+    assert not Path("s3:").exists() and not Path("ftp:").exists()
 
 
 @pytest.mark.slow
