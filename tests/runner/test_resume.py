@@ -264,7 +264,7 @@ def test_a_tracking_server_that_goes_away_mid_sweep(store, tmp_path: Path) -> No
               str(tmp_path / "artifacts")]
     tune_dir = storage / "sweeps" / "outage" / "tune"
     with contextlib.ExitStack() as stack:
-        with _served(server, port) as url:
+        with _served(server, port, stop=signal.SIGKILL) as url:  # an outage, not a graceful stop
             proc = stack.enter_context(_cli("run", str(folder / "space.yaml"), "--name", "outage", "--storage",
                                             str(storage), "--tracking-uri", url, "--json"))
             deadline = time.monotonic() + 300

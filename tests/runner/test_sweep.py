@@ -153,9 +153,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _served(command: list[str], port: int, within: float = 120):  # noqa: ANN202
+def _served(command: list[str], port: int, within: float = 120, stop: int = 15):  # noqa: ANN202
     """Start an MLflow web server process, wait for its /health on 127.0.0.1, and end its whole
-    process group afterwards (MLflow starts worker processes)."""
+    process group afterwards (MLflow starts worker processes) with signal ``stop``: SIGTERM by
+    default, SIGKILL for an outage (a graceful stop keeps serving for a while)."""
     import os
     import signal
     import subprocess
@@ -177,7 +178,7 @@ def _served(command: list[str], port: int, within: float = 120):  # noqa: ANN202
             time.sleep(1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, stop)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
