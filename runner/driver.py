@@ -258,17 +258,14 @@ def _final_trials(tracker: Any, sweep: Sweep, results: Any, outcome: dict[str, A
     try:
         return [{k: v for k, v in t.items() if k != "tags"} for t in tracker.update_pareto()]
     except Exception:  # noqa: BLE001
-        from .pareto import pareto_mask
+        from .pareto import mark_front
 
         outcome["mlflow_pending"] = True
         done = [r for r in results if r.error is None and (r.metrics or {}).get("phase") == "final"]
         trials = [{"run_id": None, "params": {d.name: str(r.config.get(d.name)) for d in sweep.space.swept},
                    "accuracy": r.metrics["accuracy"], "compressed_bytes": int(r.metrics["compressed_bytes"]),
                    "ratio": r.metrics.get("compression_ratio")} for r in done]
-        for t, optimal in zip(trials, pareto_mask([t["accuracy"] for t in trials],
-                                                  [t["compressed_bytes"] for t in trials]), strict=True):
-            t["pareto_optimal"] = optimal
-        return sorted(trials, key=lambda t: t["compressed_bytes"])
+        return mark_front(trials)
 
 
 def _tune_config(space: SearchSpace) -> Any:

@@ -14,6 +14,14 @@ def pareto_mask(accuracy: Sequence[float], size: Sequence[float]) -> list[bool]:
     return [not any((a2 >= a and s2 <= s) and (a2 > a or s2 < s) for a2, s2 in points) for a, s in points]
 
 
+def mark_front(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set each trial's ``pareto_optimal``; the trials sorted by compressed size."""
+    optimal = pareto_mask([t["accuracy"] for t in trials], [t["compressed_bytes"] for t in trials])
+    for t, flag in zip(trials, optimal, strict=True):
+        t["pareto_optimal"] = flag
+    return sorted(trials, key=lambda t: t["compressed_bytes"])
+
+
 def write_csv(path: Path, trials: list[dict[str, Any]]) -> Path:
     keys = sorted({k for t in trials for k in t.get("params", {})})
     with path.open("w", newline="") as f:

@@ -14,14 +14,13 @@ import os
 import shlex
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from dcsweep.search_spaces import SpaceError, list_spaces, load_space
 
 from .config import ConfigError
-from .sweep import check_settings, refuse_credentials, use_ray_token
+from .sweep import check_settings, refuse_credentials, sweep_name, use_ray_token
 
 log = logging.getLogger("dcsweep")
 PACKAGES = ("compression", "runner", "search_spaces")
@@ -51,9 +50,7 @@ def submit(space: str, address: str, name: str | None, storage: str | None, trac
         loaded = load_space(space, check_settings)
     except SpaceError as exc:
         raise ConfigError(str(exc)) from None
-    name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError(f"--name={name!r} is not allowed; use letters, digits, '-', '_' and '.'")
+    name = sweep_name(loaded, name)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:  # no health check: a tracking server may answer only inside the cluster
         refuse_credentials(uri)

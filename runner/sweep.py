@@ -88,9 +88,7 @@ def prepare(space_name: str, name: str | None, storage: str | Path, tracking_uri
         space = _smoke(space)
     if resume and not name:
         raise ConfigError("--resume needs the sweep's --name")
-    name = name or f"{space.name}-{_timestamp()}"
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError(f"--name={name!r} is not allowed; use letters, digits, '-', '_' and '.'")
+    name = sweep_name(space, name)
     place = Storage(storage)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(place)
     sweep = Sweep(name, space, place, uri, smoke, address, resume)
@@ -190,8 +188,12 @@ def check_tracking_uri(uri: str) -> None:
                           f"another --tracking-uri") from None
 
 
-def _timestamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
+def sweep_name(space: SearchSpace, name: str | None) -> str:
+    """The given name, checked, or SPACE-YYYYmmdd-HHMMSS."""
+    name = name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"--name={name!r} is not allowed; use letters, digits, '-', '_' and '.'")
+    return name
 
 
 def _smoke(space: SearchSpace) -> SearchSpace:

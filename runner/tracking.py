@@ -18,7 +18,7 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from .pareto import pareto_mask, write_csv, write_png
+from .pareto import mark_front, write_csv, write_png
 
 log = logging.getLogger("dcsweep")
 ROLE, SWEEP, TRIAL = "dcsweep.role", "dcsweep.sweep", "dcsweep.trial_id"
@@ -162,10 +162,7 @@ def read_trials(client: Any, experiment_id: str) -> list[dict[str, Any]]:
         trials.append({"run_id": run.info.run_id, "params": dict(run.data.params), "accuracy": m["accuracy"],
                        "compressed_bytes": int(m["compressed_bytes"]), "ratio": m.get("compression_ratio"),
                        "tags": dict(run.data.tags)})
-    for t, optimal in zip(trials, pareto_mask([t["accuracy"] for t in trials],
-                                              [t["compressed_bytes"] for t in trials]), strict=True):
-        t["pareto_optimal"] = optimal
-    return sorted(trials, key=lambda t: t["compressed_bytes"])
+    return mark_front(trials)
 
 
 def _param(value: Any) -> str:

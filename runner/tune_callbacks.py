@@ -122,8 +122,8 @@ def sync_results(tracker: SweepTracker, space: SearchSpace, results: Any) -> Non
     they are; no step is logged twice."""
     for result in results:
         metrics = result.metrics or {}
-        trial_id = metrics.get("trial_id") or Path(result.path).name.split("_")[1:3]
-        trial_id = trial_id if isinstance(trial_id, str) else "_".join(trial_id)
+        # a trial that never reported: its folder is trial_<id>_<n>_<settings>_<date>
+        trial_id = metrics.get("trial_id") or "_".join(Path(result.path).name.split("_")[1:3])
         trial_run(tracker, space, trial_id, result.config)
         if tracker.finished(trial_id):
             continue

@@ -147,15 +147,20 @@ def test_sigkilled_sweep_resumes_without_losing_or_repeating_work(store) -> None
     assert len(resumed["trials"]) == 6
 
 
+def _faulted(store: tuple, name: str, fault: str) -> tuple[dict, Path]:
+    """The store's space run as sweep ``name`` with the test fault hook set to ``fault``."""
+    folder, storage, _ = store
+    with _cli("run", str(folder / "space.yaml"), "--name", name, "--storage", str(storage), "--json",
+              env={"DCSWEEP_TEST_FAULT": fault}) as proc:
+        return _finish(proc), storage
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["raise", "kill"])
 def test_a_failed_trial_retries_from_its_last_checkpoint(store, tmp_path: Path, kind: str) -> None:  # noqa: ANN001
-    folder, storage, whole = store
     name = f"fault-{kind}"
-    env = {"DCSWEEP_TEST_FAULT": f"{kind}:pruned:{tmp_path}:k=2"}
-    with _cli("run", str(folder / "space.yaml"), "--name", name, "--storage", str(storage), "--json",
-              env=env) as proc:
-        result = _finish(proc)
+    result, storage = _faulted(store, name, f"{kind}:pruned:{tmp_path}:k=2")
+    whole = store[2]
     assert len(list(tmp_path.iterdir())) == 3  # the three k=2 trials each failed once
     assert not result["errors"] and len(result["trials"]) == 6
     assert _front(result) == _front(whole)
@@ -174,11 +179,7 @@ def test_a_failed_trial_retries_from_its_last_checkpoint(store, tmp_path: Path, 
 
 @pytest.mark.slow
 def test_a_trial_that_keeps_failing_ends_failed_and_the_sweep_goes_on(store, tmp_path: Path) -> None:  # noqa: ANN001
-    folder, storage, _ = store
-    env = {"DCSWEEP_TEST_FAULT": f"always:dense:{tmp_path}:sparsity=0.97"}
-    with _cli("run", str(folder / "space.yaml"), "--name", "doomed", "--storage", str(storage), "--json",
-              env=env) as proc:
-        result = _finish(proc)
+    result, _ = _faulted(store, "doomed", f"always:dense:{tmp_path}:sparsity=0.97")
     assert len(result["errors"]) == 2 and len(result["trials"]) == 4
     runs = _runs(result["tracking_uri"], "doomed")
     failed = [r for r in runs if r.info.status == "FAILED"]
@@ -188,11 +189,7 @@ def test_a_trial_that_keeps_failing_ends_failed_and_the_sweep_goes_on(store, tmp
 
 @pytest.mark.slow
 def test_divergence_stops_only_that_trial(store, tmp_path: Path) -> None:  # noqa: ANN001
-    folder, storage, _ = store
-    env = {"DCSWEEP_TEST_FAULT": f"diverge:pruned:{tmp_path}:sparsity=0.9"}
-    with _cli("run", str(folder / "space.yaml"), "--name", "div", "--storage", str(storage), "--json",
-              env=env) as proc:
-        result = _finish(proc)
+    result, storage = _faulted(store, "div", f"diverge:pruned:{tmp_path}:sparsity=0.9")
     runs = _runs(result["tracking_uri"], "div")
     diverged = [r for r in runs if r.info.status == "FAILED"]
     assert len(runs) == 6 and {r.data.params["sparsity"] for r in diverged} == {"0.9"} and len(diverged) == 2
