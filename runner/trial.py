@@ -22,8 +22,11 @@ from .train import DivergedError
 # A test hook, never set in normal use: "KIND:PHASE:DIR[:KEY=VALUE]" makes each trial (with
 # config KEY equal to VALUE) fail right after reporting PHASE: KIND "raise" raises once, "kill"
 # SIGKILLs its worker process once (DIR keeps a marker per trial, so the retry goes through),
-# "always" raises on every attempt, "diverge" raises DivergedError as a NaN loss would.
+# "always" raises on every attempt, "diverge" raises DivergedError as a NaN loss would, "meet"
+# waits (up to MEET_S) until a second trial of the same sweep has reported PHASE too, so two
+# trials run at once: Tune hands a short trial to a warm worker before a cold node's starts.
 FAULT_ENV = "DCSWEEP_TEST_FAULT"
+MEET_S = 120.0
 
 
 def baseline_task(settings: dict[str, Any]) -> tuple[bytes, tuple[float, float]]:
@@ -59,6 +62,9 @@ def _maybe_fault(phase: str, config: dict[str, Any]) -> None:
     from ray import tune
 
     marker = Path(folder) / tune.get_context().get_trial_id()
+    if kind == "meet":
+        _meet(marker)
+        return
     if kind == "diverge":
         raise DivergedError(f"{phase}: loss became nan (injected by {FAULT_ENV})")
     if kind != "always":
@@ -69,6 +75,15 @@ def _maybe_fault(phase: str, config: dict[str, Any]) -> None:
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"injected fault after phase {phase!r} ({FAULT_ENV})")
+
+
+def _meet(marker: Path) -> None:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    sweep = marker.name.split("_")[0]  # Tune's trial ids are "<experiment prefix>_<index>"
+    deadline = time.monotonic() + MEET_S
+    while len(list(marker.parent.glob(f"{sweep}_*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def phase_metrics(phase: str, result: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from dcsweep.runner.trial import FAULT_ENV
+
 from .test_resume import _children, _cli, _finish, _kill, _rows, _runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -44,42 +46,49 @@ def _port() -> int:
 AUTH = {"RAY_AUTH_MODE": "token"}
 
 
-def _start(*argv: str) -> subprocess.Popen:
+def _start(*argv: str, env: dict[str, str]) -> subprocess.Popen:
     # a job's entrypoint says `python`: on a node that is the Python of the node's environment
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, **AUTH, "PATH": path})
+                            env={**os.environ, **AUTH, **env, "PATH": path})
 
 
 def _nodes(address: str) -> list[dict]:
     code = ("import json, ray; ray.init(address=%r, log_to_driver=False, logging_level='ERROR'); "
-            "print(json.dumps([{'id': n['NodeID'], 'head': 'node:__internal_head__' in n['Resources']} "
+            "print('nodes:', json.dumps([{'id': n['NodeID'], 'head': 'node:__internal_head__' in n['Resources']} "
             "for n in ray.nodes() if n['Alive']]))") % address
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **AUTH})
-    return json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else []
+    # Ray prints its own lines too (about a node that died, say): the answer is the marked one
+    found = [line for line in done.stdout.splitlines() if line.startswith("nodes: ")]
+    return json.loads(found[-1].removeprefix("nodes: ")) if done.returncode == 0 and found else []
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     port, dashboard = _port(), _port()
-    head = _start("--head", "--port", str(port), "--num-cpus", "1",
-                  "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard))
+    folder = tmp_path_factory.mktemp("cluster")
+    (folder / "space.yaml").write_text(SPACE)
+    # The nodes' workers make each sweep's first two trials wait for each other after "dense":
+    # both then run at once, one per node. Without that, trials of a second on the head's warm
+    # worker may all be done before the other node's first worker has imported torch, and Tune
+    # rightly hands them to the warm one.
+    env = {FAULT_ENV: f"meet:dense:{folder / 'met'}"}
+    head = _start("--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard", "true",
+                  "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), env=env)
     procs = [head]
     try:
         address = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 180
         while not _nodes(address) and time.monotonic() < deadline:
             time.sleep(1)
-        procs.append(_start("--address", address, "--num-cpus", "1"))
+        procs.append(_start("--address", address, "--num-cpus", "1", env=env))
         nodes: list[dict] = []
         while len(nodes) < 2 and time.monotonic() < deadline:
             time.sleep(1)
             nodes = _nodes(address)
         assert len(nodes) == 2, "the two-node cluster did not come up"
-        folder = tmp_path_factory.mktemp("cluster")
-        (folder / "space.yaml").write_text(SPACE)
         yield {"address": address, "jobs": f"http://127.0.0.1:{dashboard}", "worker_proc": procs[1],
                "worker": next(n["id"] for n in nodes if not n["head"]), "folder": folder}
     finally:
