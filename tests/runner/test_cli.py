@@ -148,3 +148,13 @@ def test_console_script_runs(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["accuracy"]["decoded"] > 0.5  # stdout is exactly one JSON document
+
+
+def test_the_quick_exit_runs_exit_handlers_and_flushes(tmp_path: Path) -> None:
+    """entry() skips the interpreter's slow teardown, not what a library registered for exit."""
+    code = ("import atexit, sys; from dcsweep.runner.cli import entry; "
+            "atexit.register(lambda: print('exit handler ran', file=sys.stderr)); "
+            f"sys.argv = ['dcsweep', 'compress', *{FAST!r}, '-o', {str(tmp_path / 'y.dcz')!r}, '--json']; entry()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr.rstrip().endswith("exit handler ran"), done.stderr
+    assert json.loads(done.stdout)["accuracy"]["decoded"] > 0.5
