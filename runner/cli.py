@@ -17,9 +17,13 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dcsweep.compression import CODERS, INITS, CompressedFileError
+
+if TYPE_CHECKING:  # for annotations; commands import what they use when they run
+    from .storage import Storage
+    from .sweep import Sweep
 
 log = logging.getLogger("dcsweep")
 
@@ -100,8 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a built-in space name or a YAML path (default lenet300-digits)")
     p.add_argument("--name", help="the sweep's name (default: SPACE-YYYYmmdd-HHMMSS)")
     _store_args(p)
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="an existing Ray cluster, or 'auto' (default $RAY_ADDRESS, else a new local Ray instance)")
+    _address_arg(p)
     p.add_argument("--resume", action="store_true", help="continue the sweep --name (as `dcsweep resume`)")
     p.add_argument("--smoke-test", dest="smoke", action="store_true",
                    help="tiny epochs, a few trials; generated data for data sets not on disk")
@@ -111,8 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a sweep whose driver died: finished trials are kept")
     p.add_argument("name")
     _store_args(p)
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="an existing Ray cluster, or 'auto' (default $RAY_ADDRESS, else a new local Ray instance)")
+    _address_arg(p)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("submit", help="submit a sweep to a Ray cluster through the Ray Jobs API")
     p.add_argument("space", nargs="?", default="lenet300-digits",
@@ -135,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _address_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="an existing Ray cluster, or 'auto' (default $RAY_ADDRESS, else a new local Ray instance)")
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -201,7 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return {"accuracy": accuracy, "samples": len(data.test), "file": str(path), "dataset": args.dataset}
 
 
-def _storage(args: argparse.Namespace) -> Any:
+def _storage(args: argparse.Namespace) -> Storage:
     from .storage import Storage
     from .sweep import default_storage
 
@@ -209,11 +216,9 @@ def _storage(args: argparse.Namespace) -> Any:
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    import os
+    from .sweep import tracking_uri_for
 
-    from .sweep import default_tracking_uri
-
-    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(_storage(args))
+    return tracking_uri_for(_storage(args), args.tracking_uri)
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -245,9 +250,7 @@ def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
     return _drive(prepare_resume(args.name, _storage(args), args.tracking_uri, args.address))
 
 
-def _drive(sweep: Any) -> dict[str, Any]:
-    import contextlib
-
+def _drive(sweep: Sweep) -> dict[str, Any]:
     from .sweep import use_ray_token
 
     if sweep.address:  # before Ray reads its configuration
@@ -258,9 +261,7 @@ def _drive(sweep: Any) -> dict[str, Any]:
     from .driver import run_sweep
     from .sweep import default_tracking_uri
 
-    import dcsweep.runner
-
-    log.info("dcsweep from %s", Path(dcsweep.runner.__file__).parent.parent)
+    log.info("dcsweep from %s", Path(__file__).parents[1])  # which copy runs: a job's is shipped
     with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own banners: stdout stays JSON
         result = run_sweep(sweep)
 
@@ -313,7 +314,7 @@ def _existing(file: str) -> Path:
 
 
 COMMANDS = {"compress": cmd_compress, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "run": cmd_run,
-            "resume": cmd_resume, "submit": cmd_submit,             "pareto": cmd_pareto, "ui": cmd_ui}
+            "resume": cmd_resume, "submit": cmd_submit, "pareto": cmd_pareto, "ui": cmd_ui}
 
 
 def _print_human(command: str, result: dict[str, Any]) -> None:

@@ -55,6 +55,11 @@ def default_tracking_uri(storage: Storage) -> str:
     return f"sqlite:///{storage.local / 'mlflow.db'}"
 
 
+def tracking_uri_for(storage: Storage, given: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else SQLite in the storage."""
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
+
+
 def check_settings(settings: dict[str, Any]) -> None:
     CycleConfig.from_dict(settings)
 
@@ -77,7 +82,7 @@ class Sweep:
         return ("sweeps", self.name)
 
 
-def prepare(space_name: str, name: str | None, storage: str | Path, tracking_uri: str | None, smoke: bool,
+def prepare(space_name: str, name: str | None, storage: Storage | str | Path, tracking_uri: str | None, smoke: bool,
             cpus: float | None, gpus: float | None, address: str | None, resume: bool = False) -> Sweep:
     """Validate the space and the place; raise ConfigError (exit 2) before anything starts.
     With ``resume``, the sweep must exist and have been started with this very space."""
@@ -89,9 +94,8 @@ def prepare(space_name: str, name: str | None, storage: str | Path, tracking_uri
     if resume and not name:
         raise ConfigError("--resume needs the sweep's --name")
     name = sweep_name(space, name)
-    place = Storage(storage)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(place)
-    sweep = Sweep(name, space, place, uri, smoke, address, resume)
+    place = storage if isinstance(storage, Storage) else Storage(storage)
+    sweep = Sweep(name, space, place, tracking_uri_for(place, tracking_uri), smoke, address, resume)
     if resume:
         saved = _saved(sweep.storage, name)
         if saved.to_dict() != space.to_dict():
@@ -105,9 +109,10 @@ def prepare(space_name: str, name: str | None, storage: str | Path, tracking_uri
     return sweep
 
 
-def prepare_resume(name: str, storage: str | Path, tracking_uri: str | None, address: str | None) -> Sweep:
+def prepare_resume(name: str, storage: Storage | str | Path, tracking_uri: str | None,
+                   address: str | None) -> Sweep:
     """The sweep ``name`` as it was started: its saved space, smoke flag and tracking URI."""
-    place = Storage(storage)
+    place = storage if isinstance(storage, Storage) else Storage(storage)
     space = _saved(place, name)
     meta = json.loads(place.read_text("sweeps", name, SWEEP_FILE))
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or meta["tracking_uri"]
@@ -130,10 +135,9 @@ def _saved(storage: Storage, name: str) -> SearchSpace:
     if hashlib.sha256(text).hexdigest() != digest:
         raise ConfigError(f"{where}{SPACE_FILE} no longer matches the space sweep {name!r} was started with "
                           f"(its sha256 changed); restore the file or start a new sweep")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = storage.local.joinpath("sweeps", name, SPACE_FILE) if storage.local else Path(tmp, SPACE_FILE)
-        if storage.local is None:
-            path.write_bytes(text)
+    with tempfile.TemporaryDirectory() as tmp:  # the bytes just checked, wherever the storage is
+        path = Path(tmp, SPACE_FILE)
+        path.write_bytes(text)
         try:
             return load_space(path, check_settings)
         except SpaceError as exc:
