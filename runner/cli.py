@@ -226,9 +226,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
     from .sweep import prepare
 
-    for flag, value in (("--cpus-per-trial", args.cpus), ("--gpus-per-trial", args.gpus)):
-        if value is not None and not 0 <= value <= 1024:
-            raise UsageError(f"{flag}={value} is not allowed; it must be a number in [0, 1024]")
+    _check_per_trial(args)
     try:
         sweep = prepare(args.space, args.name, _storage(args), args.tracking_uri, args.smoke, args.cpus,
                         args.gpus, args.address, resume=args.resume)
@@ -237,9 +235,16 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     return _drive(sweep)
 
 
+def _check_per_trial(args: argparse.Namespace) -> None:
+    for flag, value in (("--cpus-per-trial", args.cpus), ("--gpus-per-trial", args.gpus)):
+        if value is not None and not 0 <= value <= 1024:
+            raise UsageError(f"{flag}={value} is not allowed; it must be a number in [0, 1024]")
+
+
 def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
     from .submit import submit
 
+    _check_per_trial(args)  # here, not in a job that fails on the cluster
     return submit(args.space, args.address, args.name, args.storage, args.tracking_uri, args.smoke, args.cpus,
                   args.gpus)
 

@@ -20,6 +20,7 @@ from typing import Any
 from dcsweep.search_spaces import SpaceError, list_spaces, load_space
 
 from .config import ConfigError
+from .storage import Storage
 from .sweep import check_settings, refuse_credentials, sweep_name, use_ray_token
 
 log = logging.getLogger("dcsweep")
@@ -51,6 +52,8 @@ def submit(space: str, address: str, name: str | None, storage: str | None, trac
     except SpaceError as exc:
         raise ConfigError(str(exc)) from None
     name = sweep_name(loaded, name)
+    if storage:
+        Storage(storage)  # its scheme is checked here; the place itself only the cluster can see
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:  # no health check: a tracking server may answer only inside the cluster
         refuse_credentials(uri)

@@ -74,6 +74,11 @@ def test_human_output(capsys, tmp_path: Path) -> None:  # noqa: ANN001
     (["inspect", "{tmp}/missing.dcz"], "{tmp}/missing.dcz does not exist"),
     (["evaluate", "{tmp}/missing.dcz", "--dataset", "digits"], "does not exist"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", "--cpus-per-trial", "-1", "--storage", "{tmp}/s"], r"--cpus-per-trial=-1.0 is not allowed"),
+    # submit refuses what the job would only fail on, before it reaches for the cluster
+    (["submit", "--address", "http://127.0.0.1:9", "--gpus-per-trial", "2000"],
+     r"--gpus-per-trial=2000.0 is not allowed; it must be a number in \[0, 1024\]"),
+    (["submit", "--address", "http://127.0.0.1:9", "--storage", "ftp://host/x"], "scheme 'ftp' is not supported"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str], message: str) -> None:  # noqa: ANN001
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
