@@ -18,12 +18,17 @@ from .layers import Masked, SharedWeight, sparsity, structural_mask
 from .pruning import MagnitudePrune, iterative_prune_, prune_, prune_schedule
 from .report import LayerSize, SizeReport, size_report
 from .serialization import load_compressed, read_compressed, save_compressed
-from .sharing import KMeansShare, share_weights_
+from .sharing import MAX_K, MIN_K, KMeansShare, share_weights_
+from .sparse import MAX_INDEX_BITS, MIN_INDEX_BITS
 
 __all__ = [
     "CODERS",
     "FORMAT_VERSION",
     "INITS",
+    "MAX_INDEX_BITS",
+    "MAX_K",
+    "MIN_INDEX_BITS",
+    "MIN_K",
     "CompressedFileError",
     "KMeansShare",
     "LayerSize",

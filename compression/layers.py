@@ -84,7 +84,8 @@ class SharedWeight(nn.Module):
 
 
 def compressible_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(name, module) of every Linear and Conv layer, in ``named_modules`` order."""
+    """(name, module) of every Linear, Conv, ConvTranspose and Embedding layer, in
+    ``named_modules`` order."""
     for name, module in model.named_modules():
         if layer_kind(module) is not None:
             yield name, module
@@ -106,11 +107,6 @@ def structural_mask(module: nn.Module, tensor_name: str = "weight") -> torch.Ten
     if p is None:
         return None
     return p.mask
-
-
-def original(module: nn.Module, tensor_name: str) -> torch.Tensor:
-    """The parametrized input (dense weight under Masked, codebook under SharedWeight)."""
-    return module.parametrizations[tensor_name].original  # type: ignore[index]
 
 
 def strip_parametrization_(module: nn.Module, tensor_name: str) -> None:

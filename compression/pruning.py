@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ._config import NORM_TYPES, Config, freeze_rules, layer_kind, match_rule, matches_any
+from ._config import NORM_TYPES, Config, freeze_rules, layer_kind, match_rule, matches_any, require_matches
 from .layers import Masked, SharedWeight, parametrization
 
 SCOPES = ("layer", "global")
@@ -66,6 +66,16 @@ class MagnitudePrune(Config):
     def target(self) -> float:
         return self.sparsity if self.sparsity is not None else self.quality  # type: ignore[return-value]
 
+    def check_layers(self, model: nn.Module) -> None:
+        """Raise ValueError, listing the model's prunable modules, when a pattern of ``layers``
+        or ``exclude`` selects none of them: a typo would otherwise be silently ignored."""
+        names = [name for name, module in model.named_modules() if self._selects(module)]
+        require_matches(type(self).__name__, "layers", (p for p, _ in self.layers), names)
+        require_matches(type(self).__name__, "exclude", self.exclude, names)
+
+    def _selects(self, module: nn.Module) -> bool:
+        return layer_kind(module) is not None or (self.include_norm and isinstance(module, NORM_TYPES))
+
     def scaled(self, fraction: float) -> MagnitudePrune:
         """The same config with every target multiplied by ``fraction`` (for schedules)."""
         layers = {p: v * fraction for p, v in self.layers}
@@ -85,9 +95,7 @@ def prunable_tensors(model: nn.Module, config: MagnitudePrune) -> list[tuple[str
     """(module name, module, tensor name) of every tensor ``config`` selects, in model order."""
     out = []
     for name, module in model.named_modules():
-        is_layer = layer_kind(module) is not None
-        is_norm = config.include_norm and isinstance(module, NORM_TYPES)
-        if not (is_layer or is_norm) or matches_any(name, config.exclude):
+        if not config._selects(module) or matches_any(name, config.exclude):
             continue
         for tensor_name in ("weight", "bias"):
             if tensor_name == "bias" and not config.include_bias:
@@ -133,7 +141,9 @@ def _apply_mask(module: nn.Module, tensor_name: str, keep: torch.Tensor) -> None
 
 
 def prune_(model: nn.Module, config: MagnitudePrune) -> dict[str, float]:
-    """Prune ``model`` in place; returns the sparsity reached per tensor (``"fc1.weight"``)."""
+    """Prune ``model`` in place; returns the sparsity reached per tensor (``"fc1.weight"``).
+    A pattern in ``config.layers`` or ``config.exclude`` that selects no module is an error."""
+    config.check_layers(model)
     selected = prunable_tensors(model, config)
     targets = [match_rule(name, config.layers, config.target) for name, _, _ in selected]
     global_pool = [
@@ -160,7 +170,8 @@ def prune_(model: nn.Module, config: MagnitudePrune) -> dict[str, float]:
     for i, (name, module, tensor_name) in enumerate(selected):
         _apply_mask(module, tensor_name, keeps[i])
         key = f"{name}.{tensor_name}" if name else tensor_name
-        result[key] = 1.0 - float(keeps[i].sum()) / keeps[i].numel()
+        # a zero-element tensor (nn.Linear(0, n)) has nothing to prune: sparsity 0
+        result[key] = 1.0 - float(keeps[i].sum()) / keeps[i].numel() if keeps[i].numel() else 0.0
     return result
 
 

@@ -9,8 +9,11 @@ from typing import Any
 
 import torch.nn as nn
 
+from .architectures import model_arch
 from .fileformat import Parsed, Record, encode_model, parse, parse_file
 
+#: What the library compresses, for the note on weights a file keeps dense.
+DENSE_WEIGHTS_NOTE = "the weights of Linear, Conv, ConvTranspose and Embedding layers only"
 _PART_GROUP = {  # file part -> report column
     "data": "dense", "values": "dense", "codebook": "codebook", "indices": "indices",
     "gaps": "positions", "index_table": "tables", "gap_table": "tables",
@@ -60,6 +63,9 @@ class SizeReport:
     coder: str
     container_bytes: int  # magic, version, header and checksums
     dense_bytes: int  # float32 size of the model's parameters
+    #: Weight matrices stored raw: layers the library does not prune or share (an LSTM's, a
+    #: MultiheadAttention's in_proj_weight) or that were excluded. Said, not silently kept.
+    dense_weights: tuple[str, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -77,13 +83,14 @@ class SizeReport:
     @classmethod
     def from_parsed(cls, parsed: Parsed) -> SizeReport:
         dense = sum(4 * r.numel for r in parsed.records if r.is_param)
+        raw_weights = tuple(r.name for r in parsed.records if r.kind == "dense" and r.is_param and len(r.shape) >= 2)
         return cls(tuple(LayerSize.from_record(r) for r in parsed.records), parsed.header["coder"],
-                   parsed.container_bytes, dense)
+                   parsed.container_bytes, dense, raw_weights)
 
     def to_dict(self) -> dict[str, Any]:
         return {"dense_bytes": self.dense_bytes, "compressed_bytes": self.total_bytes,
                 "ratio": self.ratio, "coder": self.coder, "overhead_bytes": self.overhead_bytes,
-                "layers": [layer.to_dict() for layer in self.layers]}
+                "dense_weights": list(self.dense_weights), "layers": [layer.to_dict() for layer in self.layers]}
 
     def format_table(self) -> str:
         head = f"{'tensor':<32} {'kind':<7} {'shape':<18} {'nonzero':>9} {'k':>5} {'idx':>3} " \
@@ -94,6 +101,9 @@ class SizeReport:
             rows.append(f"{r.name[-32:]:<32} {r.kind:<7} {shape:<18} {r.nonzero:>9} {r.k or '':>5} "
                         f"{r.index_bits or '':>3} {r.codebook:>8} {r.indices:>9} {r.positions:>9} "
                         f"{r.dense:>9} {r.tables:>6} {r.bytes:>9}")
+        if self.dense_weights:
+            rows.append(f"weights stored dense (not pruned or shared): {', '.join(self.dense_weights)}; "
+                        f"the library compresses {DENSE_WEIGHTS_NOTE}")
         rows.append(f"container (header, checksums): {self.container_bytes} B; overhead in all: "
                     f"{self.overhead_bytes} B")
         rows.append(f"total {self.total_bytes} B ({self.coder}) from {self.dense_bytes} B dense float32: "
@@ -106,10 +116,13 @@ def size_report(
     *,
     coder: str = "huffman",
     index_bits: int | Mapping[str, int] | None = None,
+    arch: Mapping[str, Any] | None = None,
 ) -> SizeReport:
     """Per-tensor sizes of a .dcz file, or of the file ``save_compressed`` would write for a
-    model (computed in memory, nothing written). ``coder``/``index_bits`` apply to models only."""
+    model with the same arguments (computed in memory, nothing written; its total equals that
+    file's size). ``coder``/``index_bits``/``arch`` apply to models only."""
     if isinstance(model_or_path, nn.Module):
-        return SizeReport.from_parsed(parse(encode_model(model_or_path, coder, index_bits, None)))
+        data = encode_model(model_or_path, coder, index_bits, model_arch(model_or_path, arch))
+        return SizeReport.from_parsed(parse(data))
     return SizeReport.from_parsed(parse_file(model_or_path))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from .architectures import build_architecture, check_arch
+from ._files import write_atomic
+from .architectures import build_architecture, model_arch
 from .fileformat import Decoded, decode_records, encode_model, model_tensors, parse, parse_file
 from .layers import Masked, SharedWeight, strip_parametrization_
 from .report import SizeReport
@@ -34,19 +33,11 @@ def save_compressed(
     ``index_bits`` is the width of the relative position gaps: one int, a mapping from tensor
     name or pattern to int, or None to pick the smallest per tensor. ``arch`` (``{"name",
     "kwargs"}``, default ``model.dcz_arch`` if set) lets ``load_compressed`` build the model.
-    The file is written to a temporary name and renamed, so a failure leaves no partial file.
+    The file is written to a temporary name and renamed, so a failure leaves no partial file;
+    it gets the permissions the umask gives any new file.
     """
-    arch = check_arch(arch if arch is not None else getattr(model, "dcz_arch", None))
-    data = encode_model(model, coder, index_bits, arch)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = encode_model(model, coder, index_bits, model_arch(model, arch))
+    write_atomic(path, data)
     return SizeReport.from_parsed(parse(data))
 
 

@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ._config import Config, freeze_rules, layer_kind, match_rule, matches_any
+from ._config import Config, freeze_rules, layer_kind, match_rule, matches_any, require_matches
 from .kmeans import INITS, kmeans_1d
 from .layers import SharedWeight, compressible_layers, parametrization, strip_parametrization_
 
-#: Largest codebook: cluster indices are coded over an alphabet of at most 2**16 symbols.
-MAX_K = 1 << 16
+#: Codebook sizes: cluster indices are coded over an alphabet of at most 2**16 symbols.
+MIN_K, MAX_K = 2, 1 << 16
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,18 @@ class KMeansShare(Config):
                             *((f"layers[{p!r}]", v) for p, v in self.layers)):
             if value is None and name in ("k_conv", "k_fc"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_K:
-                self._fail(name, value, f"an integer in [2, {MAX_K}]")
-        if self.init not in INITS:
-            self._fail("init", self.init, f"one of {list(INITS)}")
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
-            self._fail("max_iter", self.max_iter, "an integer >= 1")
+            self._integer(name, MIN_K, MAX_K, value)
+        self._choice("init", INITS)
+        self._integer("max_iter", 1)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             self._fail("seed", self.seed, "an integer")
+
+    def check_layers(self, model: nn.Module) -> None:
+        """Raise ValueError, listing the model's shareable layers, when a pattern of ``layers``
+        or ``exclude`` selects none of them."""
+        names = [name for name, _ in compressible_layers(model)]
+        require_matches(type(self).__name__, "layers", (p for p, _ in self.layers), names)
+        require_matches(type(self).__name__, "exclude", self.exclude, names)
 
     def k_for(self, name: str, module: nn.Module) -> int:
         by_kind = {"conv": self.k_conv, "fc": self.k_fc}.get(layer_kind(module) or "")
@@ -66,6 +70,7 @@ def share_weights_(model: nn.Module, config: KMeansShare) -> dict[str, int]:
     codebooks of shared layers are trainable parameters of those layers; their gradient is the
     sum of their members' gradients.
     """
+    config.check_layers(model)
     result = {}
     for name, module in compressible_layers(model):
         if matches_any(name, config.exclude):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -138,3 +140,38 @@ def test_gaps_follow_the_paper() -> None:
     assert symbols.tolist() == [1, 2, 8, 2]  # zeros skipped: 1, 2, then a filler (8) and 2
     with pytest.raises(ValueError, match="run past"):
         decode_gaps(symbols, 3, 10)
+
+
+def _optimal_cost(counts: np.ndarray, limit: int) -> int:
+    """The cheapest code of at most ``limit`` bits, by trying every length assignment (tiny
+    alphabets only): the reference the length limiter must meet."""
+    best = None
+    for lengths in itertools.product(range(1, limit + 1), repeat=counts.size):
+        if sum(2.0 ** -ln for ln in lengths) <= 1.0:
+            cost = int(np.dot(counts, lengths))
+            best = cost if best is None else min(best, cost)
+    assert best is not None
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_length_limited_codes_are_optimal(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 7))
+    counts = (rng.pareto(0.7, n) * 20).astype(np.int64) + 1  # skewed: Huffman wants long codes
+    limit = int(rng.integers(int(np.ceil(np.log2(n))), 5))
+    lengths = code_lengths(counts, limit).astype(np.int64)
+    assert lengths.max() <= limit and np.sum(2.0 ** -lengths) <= 1.0
+    assert int(np.dot(counts, lengths)) == _optimal_cost(counts, limit)
+
+
+def test_a_full_near_uniform_alphabet_codes_quickly_and_exactly() -> None:
+    """200,000 near-uniform symbols over 65,536: Huffman wants 17-bit codes, the limit is 16.
+    Clamping lengths one step at a time took minutes here; package-merge takes milliseconds."""
+    s = np.random.default_rng(0).integers(0, 65536, 200_000)
+    payload, lengths = huffman_encode(s, 65536)
+    assert int(lengths.max()) == 16
+    assert np.array_equal(huffman_decode(payload, lengths, s.size), s)
+    counts = np.bincount(s, minlength=65536)
+    present = counts > 0
+    assert np.sum(2.0 ** -lengths[present].astype(np.int64)) == 1.0  # a complete code: no bit wasted

@@ -154,3 +154,37 @@ def test_masked_is_a_where_not_a_multiply() -> None:
     out = m(torch.tensor([1.0, -2.0, float("nan")]))
     assert out.tolist()[:2] == [1.0, 0.0] and out[2].item() == 0.0
     assert not torch.signbit(out[1])  # +0.0, not -0.0: decoded files are bit-identical
+
+
+@pytest.mark.parametrize("rule", [{"sparsity": 0.5}, {"sparsity": 0.5, "scope": "global"}, {"quality": 1.0}])
+def test_a_zero_element_layer_is_pruned_to_nothing_without_error(rule: dict) -> None:
+    model = nn.Sequential(nn.Linear(0, 4), nn.ReLU(), nn.Linear(4, 3))
+    reached = prune_(model, MagnitudePrune(**rule))
+    assert reached["0.weight"] == 0.0 and set(reached) == {"0.weight", "2.weight"}
+    assert model(torch.zeros(2, 0)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("field", ["layers", "exclude"])
+def test_a_rule_that_matches_no_layer_is_refused(field: str) -> None:
+    model = mlp()
+    rule = {"layers": {"fc9": 0.5}} if field == "layers" else {"exclude": ("fc9",)}
+    with pytest.raises(ValueError, match=rf"MagnitudePrune.{field} pattern\(s\) \['fc9'\] match no layer of the "
+                                         r"model; its layers are \['1', '3', '5'\]"):
+        prune_(model, MagnitudePrune(sparsity=0.5, **rule))
+    assert not any(n.endswith(".mask") for n in model.state_dict())  # refused before any change
+    share = {"layers": {"fc9": 4}} if field == "layers" else {"exclude": ("fc9",)}
+    with pytest.raises(ValueError, match=rf"KMeansShare.{field} pattern\(s\) \['fc9'\] match no layer"):
+        share_weights_(model, KMeansShare(**share))
+    prune_(model, MagnitudePrune(sparsity=0.5, layers={"[13]": 0.2}))  # a glob that matches is fine
+
+
+def test_embeddings_and_transposed_convolutions_are_compressed() -> None:
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"emb": nn.Embedding(50, 16), "up": nn.ConvTranspose2d(4, 2, 3), "fc": nn.Linear(16, 4)})
+    reached = prune_(model, MagnitudePrune(sparsity=0.75))
+    assert set(reached) == {"emb.weight", "up.weight", "fc.weight"}
+    assert float((model["emb"].weight == 0).float().mean()) == pytest.approx(0.75)
+    ks = share_weights_(model, KMeansShare(k=4, k_conv=8))
+    assert ks == {"emb.weight": 4, "up.weight": 8, "fc.weight": 4}
+    assert model["emb"](torch.tensor([1, 2])).unique().numel() <= 5  # 4 centroids and the pruned zeros
+    assert model["up"](torch.zeros(1, 4, 5, 5)).shape == (1, 2, 7, 7)
