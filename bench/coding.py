@@ -83,7 +83,8 @@ def wide_alphabet(n: int = 150_000, alphabet: int = 65_536) -> None:
     part = s.tolist()
     t_peer, (codec, data) = best_time(lambda: (c := dahuffman.HuffmanCodec.from_data(part), c.encode(part)), 1)
     longest = max(bits for bits, _ in codec.get_code_table().values())
-    print(f"  huffman (<= 16 bits)  {len(payload) * 8 / n:.4f} bits/sym, code + encode {t_enc:.3f} s, decode {t_dec:.3f} s")
+    print(f"  huffman (<= 16 bits)  {len(payload) * 8 / n:.4f} bits/sym, code + encode {t_enc:.3f} s, "
+          f"decode {t_dec:.3f} s")
     print(f"  dahuffman (unlimited, longest code {longest} bits)  {len(data) * 8 / n:.4f} bits/sym, "
           f"code + encode {t_peer:.3f} s")
     print(f"  target code + encode < 1 s: {t_enc:.3f} s -> {'PASS' if t_enc < 1 else 'FAIL'}")

@@ -50,10 +50,10 @@ def main() -> None:
             peers = args.full or n <= 2_400_000 or k == 4
             rows = {}
             for name, fn, repeat in (
-                ("ours linear", lambda: kmeans_1d(x, k, "linear"), 3),
-                ("ours optimal", lambda: kmeans_1d(x, k, "optimal"), 3),
-                ("sklearn linear-init", lambda: sklearn_linear(x, k), 1),
-                ("exact (ckwrap)", lambda: exact(x, k), 1),
+                ("ours linear", lambda x=x, k=k: kmeans_1d(x, k, "linear"), 3),
+                ("ours optimal", lambda x=x, k=k: kmeans_1d(x, k, "optimal"), 3),
+                ("sklearn linear-init", lambda x=x, k=k: sklearn_linear(x, k), 1),
+                ("exact (ckwrap)", lambda x=x, k=k: exact(x, k), 1),
             ):
                 if name.startswith(("sklearn", "exact")) and not peers:
                     continue

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from dcsweep.runner.cycle import run_cycle, train_baseline
-from dcsweep.runner.sweep import check_settings
+from dcsweep.runner.cycle.config import check_settings
 from dcsweep.search_spaces import load_space
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, NoReturn, TypeVar, cast
 
 import torch.nn as nn
 
@@ -46,7 +46,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cast(Any, self)):
             value = getattr(self, f.name)
             if f.name == "layers":
                 value = dict(value)
@@ -59,7 +59,7 @@ class Config:
     def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         if not isinstance(data, Mapping):
             raise cls.error(f"{cls.__name__}.from_dict needs a mapping; got {type(data).__name__}")
-        valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        valid = [f.name for f in dataclasses.fields(cast(Any, cls))]
         unknown = sorted(set(data) - set(valid))
         if unknown:
             raise cls.error(f"{cls._owner()}unknown {cls.noun}(s) {unknown}; valid {cls.noun}s are {valid}")
@@ -76,7 +76,7 @@ class Config:
     def _describe(self, name: str, value: Any, allowed: str) -> str:
         return f"{type(self).__name__}.{name} must be {allowed}; got {value!r}"
 
-    def _fail(self, name: str, value: Any, allowed: str) -> None:
+    def _fail(self, name: str, value: Any, allowed: str) -> NoReturn:
         raise self.error(self._describe(name, value, allowed))
 
     def _integer(self, name: str, lo: int, hi: int | None = None, value: Any = _MISSING) -> None:
@@ -97,26 +97,48 @@ class Config:
             self._fail(name, getattr(self, name), f"one of {list(choices)}")
 
 
-def freeze_rules(rules: Mapping[str, V] | Iterable[tuple[str, V]] | None) -> tuple[tuple[str, V], ...]:
-    """Per-layer rules as an ordered tuple of (name or glob pattern, value) pairs."""
-    if rules is None:
-        return ()
-    items = rules.items() if isinstance(rules, Mapping) else rules
-    out = []
-    for item in items:
-        pattern, value = item
-        if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"layer patterns must be non-empty strings; got {pattern!r}")
-        out.append((pattern, value))
-    return tuple(out)
+class Rules(Mapping[str, V]):
+    """Per-layer rules: an ordered, immutable, hashable mapping from module name or glob pattern
+    to a value. Order matters: the first matching pattern wins."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, rules: Mapping[str, V] | Iterable[tuple[str, V]] | None = None) -> None:
+        items = rules.items() if isinstance(rules, Mapping) else (rules or ())
+        checked = []
+        for pattern, value in items:
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError(f"layer patterns must be non-empty strings; got {pattern!r}")
+            checked.append((pattern, value))
+        self._items: tuple[tuple[str, V], ...] = tuple(checked)
+
+    def __getitem__(self, key: str) -> V:
+        for pattern, value in self._items:
+            if pattern == key:
+                return value
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (pattern for pattern, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and list(self.items()) == list(other.items())
+
+    def __repr__(self) -> str:
+        return repr(dict(self._items))
 
 
-def match_rule(name: str, rules: tuple[tuple[str, V], ...], default: Any = _MISSING) -> Any:
+def match_rule(name: str, rules: Mapping[str, V], default: Any = _MISSING) -> Any:
     """The value for module ``name``: an exact name wins, else the first matching glob."""
-    for pattern, value in rules:
-        if pattern == name:
-            return value
-    for pattern, value in rules:
+    if name in rules:
+        return rules[name]
+    for pattern, value in rules.items():
         if fnmatch.fnmatchcase(name, pattern):
             return value
     return default

@@ -33,10 +33,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ._config import match_rule
+from ._config import Rules, match_rule
 from .coding import Coded, get_coder
 from .errors import CompressedFileError
-from .layers import Masked, parametrization
+from .layers import Masked, original, parametrization, parametrizations, tensor
 from .sparse import best_index_bits, check_index_bits, decode_gaps, encode_gaps, gap_alphabet
 
 MAGIC = b"\x89DCZ\r\n\x1a\n"
@@ -86,7 +86,7 @@ class Record:
         try:
             kind, sizes = raw["t"], raw["z"]
             shape = tuple(raw["s"])
-            rec = cls(raw["n"], kind, raw["d"], shape, bool(raw["p"]), dict(zip(KINDS[kind], sizes)),
+            rec = cls(raw["n"], kind, raw["d"], shape, bool(raw["p"]), dict(zip(KINDS[kind], sizes, strict=True)),
                       raw["nz"], raw["k"], raw["b"], raw["g"])
             ints = (*shape, *sizes, rec.nonzero, rec.k, rec.index_bits, rec.entries)
             ok = (isinstance(rec.name, str) and rec.dtype in DTYPES and len(sizes) == len(KINDS[kind])
@@ -109,7 +109,7 @@ def model_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, bool]
         dot = f"{prefix}." if prefix else ""
         names = [(n, True) for n, p in module._parameters.items() if p is not None]
         if parametrize.is_parametrized(module):
-            for n, plist in module.parametrizations.items():  # type: ignore[union-attr]
+            for n, plist in parametrizations(module).items():
                 names.append((n, isinstance(plist.original, nn.Parameter)))
         names += [(n, False) for n, b in module._buffers.items()
                   if b is not None and n not in module._non_persistent_buffers_set]
@@ -129,7 +129,7 @@ def _dtype_name(t: torch.Tensor) -> str:
 
 
 def _gap_parts(positions: np.ndarray, name: str, coder: str, index_bits: Any) -> tuple[int, int, Coded]:
-    bits = match_rule(name, index_bits, None) if isinstance(index_bits, tuple) else index_bits
+    bits = match_rule(name, index_bits, None) if isinstance(index_bits, Mapping) else index_bits
     c = get_coder(coder)
     bits = check_index_bits(bits) if bits is not None else best_index_bits(positions, c.estimate_bits)
     gaps = encode_gaps(positions, bits)
@@ -138,12 +138,12 @@ def _gap_parts(positions: np.ndarray, name: str, coder: str, index_bits: Any) ->
 
 def encode_tensor(name: str, module: nn.Module, attr: str, is_param: bool,
                   coder: str, index_bits: Any) -> tuple[Record, list[bytes]]:
-    value = getattr(module, attr).detach()
+    value = tensor(module, attr).detach()
     p = parametrization(module, attr)
     dtype = _dtype_name(value)
     if p is None:
-        return Record(name, "dense", dtype, tuple(value.shape), is_param, {"data": value.numel() * value.element_size()},
-                      value.numel()), [_raw(value)]
+        size = value.numel() * value.element_size()
+        return Record(name, "dense", dtype, tuple(value.shape), is_param, {"data": size}, value.numel()), [_raw(value)]
     flat_mask = p.mask.detach().to("cpu").reshape(-1).numpy()
     positions = np.flatnonzero(flat_mask)
     bits, entries, gaps = _gap_parts(positions, name, coder, index_bits)
@@ -153,13 +153,13 @@ def encode_tensor(name: str, module: nn.Module, attr: str, is_param: bool,
         kind = "sparse"
         k = 0
     else:
-        codebook = module.parametrizations[attr].original.detach()  # type: ignore[index]
+        codebook = original(module, attr).detach()
         k = p.k
         labels = p.indices.detach().to("cpu").reshape(-1).numpy()[positions].astype(np.int64)
         idx = get_coder(coder).encode(labels, k)
         blobs = [_raw(codebook), idx.table, idx.payload, gaps.table, gaps.payload]
         kind = "shared"
-    parts = dict(zip(KINDS[kind], map(len, blobs)))
+    parts = dict(zip(KINDS[kind], map(len, blobs), strict=True))
     return Record(name, kind, dtype, tuple(value.shape), is_param, parts, int(positions.size), k, bits,
                   entries), blobs
 
@@ -167,7 +167,7 @@ def encode_tensor(name: str, module: nn.Module, attr: str, is_param: bool,
 def encode_model(model: nn.Module, coder: str, index_bits: int | Mapping[str, int] | None,
                  arch: dict[str, Any] | None) -> bytes:
     get_coder(coder)  # refuse an unknown coder before any work
-    rules = tuple(index_bits.items()) if isinstance(index_bits, Mapping) else index_bits
+    rules = Rules(index_bits) if isinstance(index_bits, Mapping) else index_bits
     if isinstance(index_bits, Mapping):
         for v in index_bits.values():
             if v is not None:
@@ -276,7 +276,9 @@ def _tensor(raw: bytes, dtype: str, shape: tuple[int, ...], what: str) -> torch.
     itemsize = torch.empty((), dtype=d).element_size()
     if len(raw) != math.prod(shape) * itemsize:
         raise ValueError(f"{what} holds {len(raw)} bytes; {math.prod(shape)} x {itemsize} expected")
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(d).reshape(shape) if raw else torch.zeros(shape, dtype=d)
+    if not raw:
+        return torch.zeros(shape, dtype=d)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(d).reshape(shape)
 
 
 def decode_records(parsed: Parsed) -> Iterator[Decoded]:

@@ -273,7 +273,7 @@ class _ChunkDecoder:
             p = cursor[active]
             inside = p < ends[active]
             if not inside.all():
-                return False, sync, (np.zeros(0, dtype=np.int64),) * 2  # type: ignore[return-value]
+                return False, sync, (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
             met = is_spec[p]
             sync[active[met]] = p[met]
             active = active[~met]

@@ -18,6 +18,7 @@ Masks and index buffers are registered buffers, so they travel in ``state_dict``
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -28,6 +29,8 @@ from ._config import layer_kind
 
 class Masked(nn.Module):
     """Parametrization of a pruned tensor: ``weight = where(mask, original, 0)``."""
+
+    mask: torch.Tensor  # a registered buffer: in state_dict, follows .to(device)
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
@@ -53,6 +56,8 @@ class SharedWeight(nn.Module):
     cluster's members into its centroid in one ``index_add`` (the paper's eq. 3): no Python loop
     over clusters, and assignments never change during fine-tuning.
     """
+
+    indices: torch.Tensor  # a registered buffer: in state_dict, follows .to(device)
 
     def __init__(self, indices: torch.Tensor, k: int) -> None:
         super().__init__()
@@ -91,11 +96,28 @@ def compressible_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
-def parametrization(module: nn.Module, tensor_name: str) -> nn.Module | None:
+def parametrizations(module: nn.Module) -> nn.ModuleDict:
+    """torch's ``module.parametrizations``: tensor name -> its ParametrizationList (typed here
+    once; torch types a module's attributes as ``Tensor | Module``)."""
+    return cast(nn.ModuleDict, module.parametrizations)
+
+
+def original(module: nn.Module, tensor_name: str) -> torch.Tensor:
+    """The parametrized input of ``module.<tensor_name>``: the dense weight under Masked, the
+    codebook under SharedWeight."""
+    return cast(torch.Tensor, parametrizations(module)[tensor_name].original)
+
+
+def tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """``module.<name>`` (a weight, a parametrized weight, a buffer) as the tensor it is."""
+    return cast(torch.Tensor, getattr(module, name))
+
+
+def parametrization(module: nn.Module, tensor_name: str) -> Masked | SharedWeight | None:
     """The library's parametrization on ``module.<tensor_name>``, if any."""
     if not parametrize.is_parametrized(module, tensor_name):
         return None
-    for p in module.parametrizations[tensor_name]:  # type: ignore[index]
+    for p in cast(nn.ModuleList, parametrizations(module)[tensor_name]):
         if isinstance(p, (Masked, SharedWeight)):
             return p
     return None
@@ -121,7 +143,7 @@ def sparsity(model: nn.Module) -> float:
     for module in model.modules():
         if not parametrize.is_parametrized(module):
             continue
-        for tensor_name in list(module.parametrizations.keys()):  # type: ignore[union-attr]
+        for tensor_name in list(parametrizations(module).keys()):
             mask = structural_mask(module, tensor_name)
             if mask is not None:
                 total += mask.numel()

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ._config import NORM_TYPES, Config, freeze_rules, layer_kind, match_rule, matches_any, require_matches
-from .layers import Masked, SharedWeight, parametrization
+from ._config import NORM_TYPES, Config, Rules, layer_kind, match_rule, matches_any, require_matches
+from .layers import Masked, SharedWeight, original, parametrization, tensor
 
 SCOPES = ("layer", "global")
 
@@ -46,7 +46,7 @@ class MagnitudePrune(Config):
     include_norm: bool = False
 
     def __post_init__(self) -> None:
-        self._set("layers", freeze_rules(self.layers))
+        self._set("layers", Rules(self.layers))
         self._set("exclude", tuple(self.exclude))
         if (self.sparsity is None) == (self.quality is None):
             self._fail("sparsity", self.sparsity, "set, or quality set, but not both")
@@ -55,7 +55,7 @@ class MagnitudePrune(Config):
         if self.scope == "global" and self.sparsity is None:
             self._fail("scope", self.scope, "'layer' when pruning by quality")
         rule = self.rule
-        for name, value in ((rule, self.target), *((f"layers[{p!r}]", v) for p, v in self.layers)):
+        for name, value in ((rule, self.target), *((f"layers[{p!r}]", v) for p, v in self.layers.items())):
             _check_target(type(self).__name__, name, rule, value)
 
     @property
@@ -64,13 +64,16 @@ class MagnitudePrune(Config):
 
     @property
     def target(self) -> float:
-        return self.sparsity if self.sparsity is not None else self.quality  # type: ignore[return-value]
+        value = self.sparsity if self.sparsity is not None else self.quality
+        if value is None:  # excluded by __post_init__
+            raise ValueError("MagnitudePrune has neither sparsity nor quality")
+        return value
 
     def check_layers(self, model: nn.Module) -> None:
         """Raise ValueError, listing the model's prunable modules, when a pattern of ``layers``
         or ``exclude`` selects none of them: a typo would otherwise be silently ignored."""
         names = [name for name, module in model.named_modules() if self._selects(module)]
-        require_matches(type(self).__name__, "layers", (p for p, _ in self.layers), names)
+        require_matches(type(self).__name__, "layers", self.layers, names)
         require_matches(type(self).__name__, "exclude", self.exclude, names)
 
     def _selects(self, module: nn.Module) -> bool:
@@ -78,8 +81,10 @@ class MagnitudePrune(Config):
 
     def scaled(self, fraction: float) -> MagnitudePrune:
         """The same config with every target multiplied by ``fraction`` (for schedules)."""
-        layers = {p: v * fraction for p, v in self.layers}
-        return dataclasses.replace(self, **{self.rule: self.target * fraction}, layers=layers)
+        layers = {p: v * fraction for p, v in self.layers.items()}
+        if self.sparsity is not None:
+            return dataclasses.replace(self, sparsity=self.sparsity * fraction, layers=layers)
+        return dataclasses.replace(self, quality=self.target * fraction, layers=layers)
 
 
 def _check_target(cls: str, name: str, rule: str, value: Any) -> None:
@@ -108,7 +113,7 @@ def prunable_tensors(model: nn.Module, config: MagnitudePrune) -> list[tuple[str
 def _magnitudes(module: nn.Module, tensor_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """|w| with already-pruned positions at -1 (so they are always pruned first), and the mask."""
     with torch.no_grad():
-        weight = getattr(module, tensor_name).detach()
+        weight = tensor(module, tensor_name).detach()
         p = parametrization(module, tensor_name)
         mask = p.mask if p is not None else torch.ones_like(weight, dtype=torch.bool)
         mag = torch.where(mask, weight.abs().float(), torch.full_like(weight, -1.0, dtype=torch.float))
@@ -136,7 +141,7 @@ def _apply_mask(module: nn.Module, tensor_name: str, keep: torch.Tensor) -> None
     else:
         p.mask.copy_(keep)
     with torch.no_grad():  # zero the hidden values too, so nothing stale survives a later strip
-        orig = module.parametrizations[tensor_name].original  # type: ignore[index]
+        orig = original(module, tensor_name)
         orig.masked_fill_(~keep, 0)
 
 
@@ -163,7 +168,7 @@ def prune_(model: nn.Module, config: MagnitudePrune) -> dict[str, float]:
         else:
             # std of the signed weights that remain: the seed took it over zeros too, which
             # shrinks the threshold every round
-            remaining = getattr(module, tensor_name).detach()[mask].float()
+            remaining = tensor(module, tensor_name).detach()[mask].float()
             std = remaining.std(correction=0) if remaining.numel() > 1 else mag.new_zeros(())
             keeps[i] = mask & (mag > targets[i] * std)
     result = {}
@@ -179,12 +184,12 @@ def _global_keep(
     tensors: list[tuple[str, nn.Module, str]], sparsity: float, ids: list[int]
 ) -> dict[int, torch.Tensor]:
     """One magnitude threshold over all tensors: the ``sparsity`` fraction of all weights."""
-    mags, masks = zip(*(_magnitudes(m, t) for _, m, t in tensors))
+    mags, masks = zip(*(_magnitudes(m, t) for _, m, t in tensors), strict=True)
     flat = torch.cat([m.reshape(-1) for m in mags])
     already = sum(int((~mask).sum()) for mask in masks)
     pruned = _smallest(flat, max(round(sparsity * flat.numel()), already))
     out, start = {}, 0
-    for i, mag in zip(ids, mags):
+    for i, mag in zip(ids, mags, strict=True):
         out[i] = ~pruned[start : start + mag.numel()].view(mag.shape)
         start += mag.numel()
     return out

@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 from ._files import write_atomic
 from .architectures import build_architecture, model_arch
 from .fileformat import Decoded, decode_records, encode_model, model_tensors, parse, parse_file
-from .layers import Masked, SharedWeight, strip_parametrization_
+from .layers import Masked, SharedWeight, original, strip_parametrization_, tensor
 from .report import SizeReport
 
 
@@ -72,16 +72,16 @@ def load_compressed(path: str | Path, model: nn.Module | None = None) -> nn.Modu
 
 @torch.no_grad()
 def _restore(model: nn.Module, name: str, module: nn.Module, attr: str, d: Decoded) -> None:
-    current = getattr(module, attr)
+    current = tensor(module, attr)
     if tuple(current.shape) != d.record.shape or current.dtype != d.value.dtype:
         raise ValueError(f"{name}: the model has {current.dtype} {tuple(current.shape)}, the file "
                          f"{d.value.dtype} {d.record.shape}")
     device = current.device
     strip_parametrization_(module, attr)
-    getattr(module, attr).copy_(d.value.to(device))
-    if d.record.kind == "sparse":
+    tensor(module, attr).copy_(d.value.to(device))
+    if d.mask is not None and d.indices is None:  # sparse: the kept values, masked
         parametrize.register_parametrization(module, attr, Masked(d.mask.to(device)))
-    elif d.record.kind == "shared":
+    elif d.indices is not None and d.codebook is not None:  # shared: indices into the codebook
         parametrize.register_parametrization(
             module, attr, SharedWeight(d.indices.to(device), d.record.k), unsafe=True)
-        module.parametrizations[attr].original.copy_(d.codebook.to(device))  # type: ignore[index]
+        original(module, attr).copy_(d.codebook.to(device))

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ._config import Config, freeze_rules, layer_kind, match_rule, matches_any, require_matches
+from ._config import Config, Rules, layer_kind, match_rule, matches_any, require_matches
 from .kmeans import INITS, kmeans_1d
-from .layers import SharedWeight, compressible_layers, parametrization, strip_parametrization_
+from .layers import SharedWeight, compressible_layers, original, parametrization, strip_parametrization_, tensor
 
 #: Codebook sizes: cluster indices are coded over an alphabet of at most 2**16 symbols.
 MIN_K, MAX_K = 2, 1 << 16
@@ -38,10 +38,10 @@ class KMeansShare(Config):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self._set("layers", freeze_rules(self.layers))
+        self._set("layers", Rules(self.layers))
         self._set("exclude", tuple(self.exclude))
         for name, value in (("k", self.k), ("k_conv", self.k_conv), ("k_fc", self.k_fc),
-                            *((f"layers[{p!r}]", v) for p, v in self.layers)):
+                            *((f"layers[{p!r}]", v) for p, v in self.layers.items())):
             if value is None and name in ("k_conv", "k_fc"):
                 continue
             self._integer(name, MIN_K, MAX_K, value)
@@ -54,7 +54,7 @@ class KMeansShare(Config):
         """Raise ValueError, listing the model's shareable layers, when a pattern of ``layers``
         or ``exclude`` selects none of them."""
         names = [name for name, _ in compressible_layers(model)]
-        require_matches(type(self).__name__, "layers", (p for p, _ in self.layers), names)
+        require_matches(type(self).__name__, "layers", self.layers, names)
         require_matches(type(self).__name__, "exclude", self.exclude, names)
 
     def k_for(self, name: str, module: nn.Module) -> int:
@@ -83,7 +83,7 @@ def share_weights_(model: nn.Module, config: KMeansShare) -> dict[str, int]:
 
 @torch.no_grad()
 def _share_layer_(module: nn.Module, k: int, config: KMeansShare) -> int:
-    weight = module.weight.detach()
+    weight = tensor(module, "weight").detach()
     p = parametrization(module, "weight")
     mask = p.mask if p is not None else torch.ones_like(weight, dtype=torch.bool)
     kept = weight[mask]
@@ -95,6 +95,6 @@ def _share_layer_(module: nn.Module, k: int, config: KMeansShare) -> int:
     indices[mask] = torch.from_numpy(labels).to(weight.device)
     strip_parametrization_(module, "weight")
     parametrize.register_parametrization(module, "weight", SharedWeight(indices, k_eff), unsafe=True)
-    codebook = module.parametrizations.weight.original  # type: ignore[union-attr]
+    codebook = original(module, "weight")
     codebook.copy_(torch.from_numpy(centroids).to(codebook))
     return k_eff

@@ -9,6 +9,8 @@ entry in the cluster-index stream and structure never depends on a stored value 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 MIN_INDEX_BITS, MAX_INDEX_BITS = 1, 15
@@ -29,7 +31,7 @@ def gap_alphabet(bits: int) -> int:
 
 def encode_gaps(positions: np.ndarray, bits: int) -> np.ndarray:
     """Gap symbols (fillers included) for ascending ``positions``."""
-    d = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1  # zeros skipped
+    d: np.ndarray = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1  # zeros skipped
     fill = d >> bits
     if not fill.any():
         return d
@@ -50,11 +52,12 @@ def decode_gaps(symbols: np.ndarray, bits: int, size: int) -> np.ndarray:
     return positions
 
 
-def best_index_bits(positions: np.ndarray, estimate_bits) -> int:  # noqa: ANN001
+def best_index_bits(positions: np.ndarray, estimate_bits: Callable[[np.ndarray], float]) -> int:
     """The index width whose coded gap stream is smallest, judged by ``estimate_bits(counts)``."""
-    d = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1
+    d: np.ndarray = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1
     if d.size == 0:
         return 4
+    values: np.ndarray
     values, freq = np.unique(d, return_counts=True)
     best, best_cost = MIN_INDEX_BITS, np.inf
     for bits in range(MIN_INDEX_BITS, MAX_INDEX_BITS + 1):

@@ -15,15 +15,13 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from dcsweep.compression import CODERS, INITS, CompressedFileError
-
-if TYPE_CHECKING:  # for annotations; commands import what they use when they run
-    from .storage import Storage
-    from .sweep import Sweep
+from dcsweep.runner.cycle import ConfigError, DataError, DivergedError
+from dcsweep.runner.sweep import Storage, Sweep, default_storage
 
 log = logging.getLogger("dcsweep")
 
@@ -40,7 +38,8 @@ class _Parser(argparse.ArgumentParser):
 def _compress_args(p: argparse.ArgumentParser) -> None:
     s = argparse.SUPPRESS  # unset flags keep the config's defaults
     p.add_argument("--model", default=s, help="lenet300, lenet5, vgg19_bn, resnet20, ... (default lenet300)")
-    p.add_argument("--dataset", default=s, help="digits, mnist5k, mnist, cifar10, imagefolder:PATH, ... (default digits)")
+    p.add_argument("--dataset", default=s,
+                   help="digits, mnist5k, mnist, cifar10, imagefolder:PATH, ... (default digits)")
     p.add_argument("--data-root", dest="data_root", default=s, help="folder holding the data set's files")
     p.add_argument("--download", action="store_true", default=s, help="fetch mnist/cifar into --data-root first")
     p.add_argument("--image-size", dest="image_size", type=int, default=s, help="imagefolder crop size (224)")
@@ -152,16 +151,17 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 
 # -- commands --------------------------------------------------------------------------------
+# Each imports what it uses when it runs: `dcsweep inspect` need not pay for Ray's import.
 
 def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import CycleConfig
-    from .cycle import run_cycle
+    from .cycle import load_dataset, run_cycle
+    from .cycle.config import check_settings
 
     keys = {"output", "overwrite", "plots", "json", "command"}
     settings = {k: v for k, v in vars(args).items() if k not in keys}
     if "layers" in settings:
         settings["layers"] = dict(settings["layers"])
-    config = CycleConfig.from_dict(settings)  # ConfigError -> exit 2, before any work
+    config = check_settings(settings)  # ConfigError -> exit 2, before any work
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise UsageError(f"output {output} exists; pass --overwrite to replace it or choose another -o")
@@ -169,10 +169,8 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"output folder {output.parent} does not exist")
     if args.plots and Path(args.plots).is_dir() and any(Path(args.plots).iterdir()) and not args.overwrite:
         raise UsageError(f"plots folder {args.plots} is not empty; pass --overwrite or choose another")
-    from .datasets import load_dataset
-
     load_dataset(config.dataset, config.data_root, config.download, config.image_size)  # DataError -> 2
-    return run_cycle(config, output=output, plots=args.plots, progress=not args.json)
+    return run_cycle(config, output=output, plots=args.plots, progress=not args.json).to_json()
 
 
 def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,15 +179,14 @@ def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
     report = size_report(_existing(args.file))
     if not args.json:
         print(report.format_table())
-    return {k: v for k, v in report.to_dict().items()}
+    return report.to_dict()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from dcsweep.compression import load_compressed, read_compressed
 
-    from .datasets import load_dataset
-    from .models import list_models
-    from .train import evaluate, pick_device
+    from .cycle import list_models, load_dataset
+    from .cycle.train import evaluate, pick_device
 
     path = _existing(args.file)
     header, _ = read_compressed(path)  # CompressedFileError -> 2
@@ -209,62 +206,51 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _storage(args: argparse.Namespace) -> Storage:
-    from .storage import Storage
-    from .sweep import default_storage
-
     return Storage(args.storage or default_storage())
 
 
-def _tracking_uri(args: argparse.Namespace) -> str:
-    from .sweep import tracking_uri_for
-
-    return tracking_uri_for(_storage(args), args.tracking_uri)
-
-
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    from dcsweep.search_spaces import SpaceError
+    """A new sweep, or with --resume the sweep --name as it was started (as `dcsweep resume`)."""
+    from .sweep import new_sweep, resume_sweep, space_as_run
+    from .sweep.places import check_per_trial
 
-    from .sweep import prepare
-
-    _check_per_trial(args)
-    try:
-        sweep = prepare(args.space, args.name, _storage(args), args.tracking_uri, args.smoke, args.cpus,
-                        args.gpus, args.address, resume=args.resume)
-    except SpaceError as exc:
-        raise UsageError(str(exc)) from None
-    return _drive(sweep)
+    check_per_trial(args.cpus, args.gpus)
+    space = space_as_run(args.space, args.smoke, args.cpus, args.gpus)
+    if args.resume:
+        return _drive(resume_sweep(args.name, _storage(args), args.tracking_uri, args.address, expect=space))
+    return _drive(new_sweep(space, args.name, _storage(args), args.tracking_uri, args.smoke, args.address))
 
 
-def _check_per_trial(args: argparse.Namespace) -> None:
-    for flag, value in (("--cpus-per-trial", args.cpus), ("--gpus-per-trial", args.gpus)):
-        if value is not None and not 0 <= value <= 1024:
-            raise UsageError(f"{flag}={value} is not allowed; it must be a number in [0, 1024]")
+def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
+    from .sweep import resume_sweep
+
+    return _drive(resume_sweep(args.name, _storage(args), args.tracking_uri, args.address))
 
 
 def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
-    from .submit import submit
+    from .adapters.submit import submit
 
-    _check_per_trial(args)  # here, not in a job that fails on the cluster
     return submit(args.space, args.address, args.name, args.storage, args.tracking_uri, args.smoke, args.cpus,
                   args.gpus)
 
 
-def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
-    from .sweep import prepare_resume
-
-    return _drive(prepare_resume(args.name, _storage(args), args.tracking_uri, args.address))
-
-
 def _drive(sweep: Sweep) -> dict[str, Any]:
-    from .sweep import use_ray_token
+    from .adapters.env import TEST_HOOKS, use_ray_token
 
+    if os.environ.get(TEST_HOOKS):  # a test's fault hook: refused here when malformed
+        from .adapters.testing import from_env
+
+        try:
+            from_env()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if sweep.address:  # before Ray reads its configuration
         use_ray_token()
 
     import torch  # noqa: F401 - load libtorch before Ray's workers and loggers do (see pitfalls)
 
-    from .driver import run_sweep
-    from .sweep import default_tracking_uri
+    from .adapters.driver import run_sweep
+    from .sweep.places import default_tracking_uri
 
     log.info("dcsweep from %s", Path(__file__).parents[1])  # which copy runs: a job's is shipped
     with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own banners: stdout stays JSON
@@ -279,36 +265,34 @@ def _drive(sweep: Sweep) -> dict[str, Any]:
     return result
 
 
-def cmd_pareto(args: argparse.Namespace) -> dict[str, Any]:
-    from mlflow.tracking import MlflowClient
+def _tracking_uri(args: argparse.Namespace, name: str | None = None) -> str:
+    """Where `pareto` and `ui` read: --tracking-uri, else the store sweep ``name`` logs to, else
+    $MLFLOW_TRACKING_URI, else SQLite in the storage; a SQLite file must exist."""
+    from .sweep import tracking_uri_for
+    from .sweep.spec import saved_tracking_uri
 
-    from .tracking import read_trials
-
-    uri = _tracking_uri(args)
+    storage = _storage(args)
+    uri = tracking_uri_for(storage, args.tracking_uri, saved_tracking_uri(storage, name) if name else None)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"no sweep store at {uri}; run a sweep first or pass --storage/--tracking-uri")
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(args.name)
-    if exp is None:
-        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-        raise UsageError(f"no sweep named {args.name!r} in {uri}; sweeps there: {names}")
-    trials = [{k: v for k, v in t.items() if k != "tags"} for t in read_trials(client, exp.experiment_id)]
-    return {"name": args.name, "tracking_uri": uri, "trials": trials}
+    return uri
 
 
-def cmd_ui(args: argparse.Namespace) -> dict[str, Any]:
-    import os
+def cmd_pareto(args: argparse.Namespace) -> dict[str, Any]:
+    from .adapters.tracking import sweep_trials
 
+    uri = _tracking_uri(args, args.name)
+    return {"name": args.name, "tracking_uri": uri, "trials": [t.to_json() for t in sweep_trials(uri, args.name)]}
+
+
+def cmd_ui(args: argparse.Namespace) -> NoReturn:
     uri = _tracking_uri(args)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UsageError(f"no sweep store at {uri}; run a sweep first or pass --storage")
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port={args.port} is not allowed; it must be in [1, 65535]")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(args.port)]
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)", file=sys.stderr)
     os.execv(sys.executable, command)  # replaces this process: Ctrl-C reaches MLflow directly
-    return {}
 
 
 def _existing(file: str) -> Path:
@@ -318,8 +302,9 @@ def _existing(file: str) -> Path:
     return path
 
 
-COMMANDS = {"compress": cmd_compress, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "run": cmd_run,
-            "resume": cmd_resume, "submit": cmd_submit, "pareto": cmd_pareto, "ui": cmd_ui}
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "compress": cmd_compress, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "run": cmd_run,
+    "resume": cmd_resume, "submit": cmd_submit, "pareto": cmd_pareto, "ui": cmd_ui}
 
 
 def _print_human(command: str, result: dict[str, Any]) -> None:
@@ -338,7 +323,7 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
         print(f"follow it:  {result['follow']}")
         print(f"its status: {result['status']}")
     elif command in ("run", "resume", "pareto"):
-        from .pareto import label
+        from .cycle.pareto import label
 
         trials = result["trials"]
         print(f"{result['name']}: {len(trials)} finished trials; * = Pareto-optimal (accuracy up, size down)")
@@ -353,10 +338,6 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    from .config import ConfigError
-    from .formats import DataError
-    from .train import DivergedError
-
     try:
         args = build_parser().parse_args(argv)
         result = COMMANDS[args.command](args)

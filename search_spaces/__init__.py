@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -43,10 +43,6 @@ class Dimension:
     name: str
     kind: str
     values: tuple[Any, ...]  # grid/choice: the values; ranges: (low, high)
-
-    def corners(self) -> tuple[Any, ...]:
-        """Values that stand for all the dimension can produce, for validation."""
-        return self.values
 
 
 @dataclass(frozen=True)
@@ -85,7 +81,7 @@ def list_spaces() -> list[str]:
 
 
 def load_space(name_or_path: str | Path,
-               check_settings: Callable[[dict[str, Any]], None] | None = None) -> SearchSpace:
+               check_settings: Callable[[dict[str, Any]], object] | None = None) -> SearchSpace:
     """A built-in space by name, or a YAML file by path. ``check_settings(settings)`` is called
     with the fixed part merged with each value a swept dimension can take (and the smoke
     overrides) and must raise ValueError for settings no trial may have."""
@@ -113,7 +109,7 @@ def _read(name: str) -> tuple[str, str]:
                      f"(or a path to a .yaml file)")
 
 
-def _fail(source: str, where: str, value: Any, allowed: str) -> None:
+def _fail(source: str, where: str, value: Any, allowed: str) -> NoReturn:
     raise SpaceError(f"{source}: {where}={value!r} is not allowed; it must be {allowed}")
 
 
@@ -195,7 +191,7 @@ def _dimension(source: str, name: str, spec: Any) -> Dimension:
     return Dimension(name, kind, tuple(values))
 
 
-def _check_values(space: SearchSpace, check: Callable[[dict[str, Any]], None]) -> None:
+def _check_values(space: SearchSpace, check: Callable[[dict[str, Any]], object]) -> None:
     base = dict(space.fixed)
     cases: list[tuple[str, dict[str, Any]]] = [("fixed", base)]
     for dim in space.swept:

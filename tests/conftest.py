@@ -1,4 +1,9 @@
-"""Shared fixtures: small real models trained briefly on scikit-learn's bundled digits."""
+"""Shared fixtures: small real models trained briefly on scikit-learn's bundled digits, one
+local Ray instance per session, and the `slow` marker kept true.
+
+A test that uses a fixture of SLOW_FIXTURES (a sweep, a Ray instance, a cluster, a tracking
+server) is marked ``slow`` here, whatever its module says: ``-m "not slow"`` then runs no sweep.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,14 @@ import pytest
 import torch
 import torch.nn as nn
 from sklearn.datasets import load_digits
+
+from .helpers import SLOW_FIXTURES, convnet, mlp, train
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -19,66 +32,34 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return x[500:], y[500:], x[:500], y[:500]
 
 
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
-                         nn.Linear(100, 10))
-
-
-def convnet() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10),
-    )
-
-
-def train(model: nn.Module, data, epochs: int = 3, lr: float = 1e-2) -> nn.Module:  # noqa: ANN001
-    x, y = data[0], data[1]
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        for i in range(0, len(y), 64):
-            loss = nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
-def accuracy(model: nn.Module, data) -> float:  # noqa: ANN001
-    with torch.no_grad():
-        return float((model.eval()(data[2]).argmax(1) == data[3]).float().mean())
-
-
 @pytest.fixture(scope="session")
-def trained_mlp_state(digits) -> dict[str, torch.Tensor]:  # noqa: ANN001
+def trained_mlp_state(digits) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     return train(mlp(), digits).state_dict()
 
 
 @pytest.fixture(scope="session")
-def trained_convnet_state(digits) -> dict[str, torch.Tensor]:  # noqa: ANN001
+def trained_convnet_state(digits) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     return train(convnet(), digits, epochs=2).state_dict()
 
 
 @pytest.fixture()
-def trained_mlp(trained_mlp_state) -> nn.Module:  # noqa: ANN001
+def trained_mlp(trained_mlp_state) -> nn.Module:
     model = mlp()
     model.load_state_dict(trained_mlp_state)
     return model.eval()
 
 
 @pytest.fixture()
-def trained_convnet(trained_convnet_state) -> nn.Module:  # noqa: ANN001
+def trained_convnet(trained_convnet_state) -> nn.Module:
     model = convnet()
     model.load_state_dict(trained_convnet_state)
     return model.eval()
 
 
 @pytest.fixture(scope="session")
-def ray_local():  # noqa: ANN201
+def ray_local():
     """One local Ray instance for the whole test session: 2 CPUs, no dashboard."""
     import ray
 

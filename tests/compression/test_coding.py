@@ -79,7 +79,7 @@ def test_canonical_code_is_prefix_free_and_optimal() -> None:
     lengths = code_lengths(counts)
     assert lengths.tolist() == [1, 3, 3, 3, 4, 4]  # the textbook example
     codes = canonical_codes(lengths)
-    words = [format(int(c), f"0{int(n)}b") for c, n in zip(codes, lengths)]
+    words = [format(int(c), f"0{int(n)}b") for c, n in zip(codes, lengths, strict=True)]
     assert not any(a != b and b.startswith(a) for a in words for b in words)
 
 

@@ -18,7 +18,7 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=repr)
-def test_dict_round_trip(config) -> None:  # noqa: ANN001
+def test_dict_round_trip(config) -> None:
     data = config.to_dict()
     assert type(config).from_dict(data) == config
     assert isinstance(data["layers"], dict) and isinstance(data["exclude"], list)
@@ -27,7 +27,7 @@ def test_dict_round_trip(config) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("cls", [MagnitudePrune, KMeansShare])
-def test_unknown_field_lists_the_valid_ones(cls) -> None:  # noqa: ANN001
+def test_unknown_field_lists_the_valid_ones(cls) -> None:
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['sparsty'\]; valid fields are \[.*"):
         cls.from_dict({"sparsty": 0.5})
 
@@ -47,7 +47,7 @@ def test_unknown_field_lists_the_valid_ones(cls) -> None:  # noqa: ANN001
         ({"sparsity": 0.5, "layers": {"fc1": 1.5}}, r"layers\['fc1'\] must be a sparsity in \[0, 1\)"),
     ],
 )
-def test_prune_config_errors_name_field_value_and_range(kwargs, message) -> None:  # noqa: ANN001
+def test_prune_config_errors_name_field_value_and_range(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         MagnitudePrune(**kwargs)
 
@@ -64,6 +64,6 @@ def test_prune_config_errors_name_field_value_and_range(kwargs, message) -> None
         ({"max_iter": 0}, "max_iter must be an integer >= 1"),
     ],
 )
-def test_share_config_errors(kwargs, message) -> None:  # noqa: ANN001
+def test_share_config_errors(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         KMeansShare(**kwargs)

@@ -13,13 +13,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dcsweep.compression import (
-    CompressedFileError, KMeansShare, MagnitudePrune, load_compressed, prune_, read_compressed,
-    register_architecture, save_compressed, share_weights_, size_report,
+    CompressedFileError,
+    KMeansShare,
+    MagnitudePrune,
+    load_compressed,
+    prune_,
+    read_compressed,
+    register_architecture,
+    save_compressed,
+    share_weights_,
+    size_report,
 )
 from dcsweep.compression.fileformat import FORMAT_VERSION, MAGIC
 from dcsweep.compression.layers import compressible_layers
 
-from ..conftest import accuracy, convnet, mlp
+from ..helpers import accuracy, convnet, mlp
 
 MODELS = {
     "mlp": mlp,
@@ -66,14 +74,14 @@ def test_round_trip_is_bit_exact(name: str, coder: str, tmp_path: Path) -> None:
     assert (tmp_path / "again.dcz").read_bytes() == path.read_bytes()
 
 
-def test_decoded_accuracy_equals_shared_accuracy(trained_convnet, digits, tmp_path: Path) -> None:  # noqa: ANN001
+def test_decoded_accuracy_equals_shared_accuracy(trained_convnet, digits, tmp_path: Path) -> None:
     model = compress(trained_convnet, sparsity=0.7)
     shared_acc = accuracy(model, digits)
     save_compressed(model, tmp_path / "c.dcz")
     assert accuracy(load_compressed(tmp_path / "c.dcz", convnet()), digits) == shared_acc
 
 
-def test_size_report_adds_up_and_matches_the_model(trained_mlp, tmp_path: Path) -> None:  # noqa: ANN001
+def test_size_report_adds_up_and_matches_the_model(trained_mlp, tmp_path: Path) -> None:
     compress(trained_mlp)
     in_memory = size_report(trained_mlp, coder="ans")
     on_disk = save_compressed(trained_mlp, tmp_path / "m.dcz", coder="ans")
@@ -158,7 +166,7 @@ def _load_bytes(data: bytes, tmp_path: Path) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_files_raise_only_compressed_file_error(good_file: bytes, tmp_path: Path, data) -> None:  # noqa: ANN001
+def test_mutated_files_raise_only_compressed_file_error(good_file: bytes, tmp_path: Path, data) -> None:
     at = data.draw(st.integers(0, len(good_file) - 1))
     byte = data.draw(st.integers(0, 255).filter(lambda b: b != good_file[at]))
     with pytest.raises(CompressedFileError):
@@ -167,7 +175,7 @@ def test_mutated_files_raise_only_compressed_file_error(good_file: bytes, tmp_pa
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_truncated_or_extended_files_raise_only_compressed_file_error(good_file: bytes, tmp_path: Path, data) -> None:  # noqa: ANN001
+def test_truncated_or_extended_files_raise_only_compressed_file_error(good_file: bytes, tmp_path: Path, data) -> None:
     cut = data.draw(st.integers(0, len(good_file) - 1))
     with pytest.raises(CompressedFileError, match="truncated|checksum|not a .dcz"):
         _load_bytes(good_file[:cut], tmp_path)

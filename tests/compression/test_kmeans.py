@@ -25,7 +25,7 @@ def exact_sse(x: np.ndarray, k: int) -> float:
 
     d = [cost(0, i) if i else 0.0 for i in range(n + 1)]
     for _ in range(1, k):
-        d = [0.0] + [min(d[m] + cost(m, i) for m in range(0, i)) for i in range(1, n + 1)]
+        d = [0.0] + [min(d[m] + cost(m, i) for m in range(i)) for i in range(1, n + 1)]
     return d[n]
 
 

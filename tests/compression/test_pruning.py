@@ -7,18 +7,25 @@ import torch
 import torch.nn as nn
 
 from dcsweep.compression import (
-    KMeansShare, Masked, MagnitudePrune, iterative_prune_, prune_, prune_schedule, share_weights_,
-    sparsity, structural_mask,
+    KMeansShare,
+    MagnitudePrune,
+    Masked,
+    iterative_prune_,
+    prune_,
+    prune_schedule,
+    share_weights_,
+    sparsity,
+    structural_mask,
 )
 
-from ..conftest import accuracy, convnet, mlp, train
+from ..helpers import accuracy, convnet, mlp, train
 
 
 def masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: m.clone() for n, m in model.state_dict().items() if n.endswith(".mask")}
 
 
-def test_per_layer_sparsity_prunes_the_smallest_magnitudes(trained_mlp) -> None:  # noqa: ANN001
+def test_per_layer_sparsity_prunes_the_smallest_magnitudes(trained_mlp) -> None:
     before = {n: p.detach().clone() for n, p in trained_mlp.named_parameters()}
     reached = prune_(trained_mlp, MagnitudePrune(sparsity=0.9))
     assert set(reached) == {"1.weight", "3.weight", "5.weight"}  # never biases
@@ -34,7 +41,7 @@ def test_per_layer_sparsity_prunes_the_smallest_magnitudes(trained_mlp) -> None:
         assert torch.equal(trained_mlp[i].bias, before[f"{i}.bias"])
 
 
-def test_global_scope_uses_one_threshold(trained_mlp) -> None:  # noqa: ANN001
+def test_global_scope_uses_one_threshold(trained_mlp) -> None:
     prune_(trained_mlp, MagnitudePrune(sparsity=0.8, scope="global"))
     layers = [trained_mlp[i] for i in (1, 3, 5)]
     kept = torch.cat([m.weight[structural_mask(m)].abs() for m in layers])
@@ -46,7 +53,7 @@ def test_global_scope_uses_one_threshold(trained_mlp) -> None:  # noqa: ANN001
     assert kept.min() > 0 and pruned.abs().max() == 0
 
 
-def test_quality_rule_uses_std_of_remaining_weights(trained_mlp) -> None:  # noqa: ANN001
+def test_quality_rule_uses_std_of_remaining_weights(trained_mlp) -> None:
     layer = trained_mlp[1]
     w0 = layer.weight.detach().clone()
     prune_(trained_mlp, MagnitudePrune(quality=0.5))
@@ -72,7 +79,7 @@ def test_bias_and_norm_only_when_asked() -> None:
     assert {"0.bias", "1.weight", "1.bias", "8.bias"} <= set(reached)
 
 
-def test_masks_only_grow_and_are_buffers(trained_mlp) -> None:  # noqa: ANN001
+def test_masks_only_grow_and_are_buffers(trained_mlp) -> None:
     prune_(trained_mlp, MagnitudePrune(sparsity=0.9))
     first = masks(trained_mlp)
     assert set(first) == {"1.parametrizations.weight.0.mask", "3.parametrizations.weight.0.mask",
@@ -94,7 +101,7 @@ def test_masks_only_grow_and_are_buffers(trained_mlp) -> None:  # noqa: ANN001
     ],
     ids=["sgd-momentum-wd", "sgd-nesterov", "adam-wd", "adamw"],
 )
-def test_pruned_weights_stay_exactly_zero_under_optimizers(digits, make_opt) -> None:  # noqa: ANN001
+def test_pruned_weights_stay_exactly_zero_under_optimizers(digits, make_opt) -> None:
     model = train(mlp(), digits, epochs=1)
     opt = make_opt(model.parameters())  # momentum state from before pruning too
     train_step(model, opt, digits)
@@ -109,7 +116,7 @@ def test_pruned_weights_stay_exactly_zero_under_optimizers(digits, make_opt) -> 
         assert torch.equal(structural_mask(model[i]), keep)
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, digits) -> None:  # noqa: ANN001
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, digits) -> None:
     model.train()
     loss = nn.functional.cross_entropy(model(digits[0][:128]), digits[1][:128])
     opt.zero_grad()
@@ -128,7 +135,7 @@ def test_schedule_ramps_to_the_target() -> None:
         prune_schedule(MagnitudePrune(sparsity=0.5), 0)
 
 
-def test_iterative_pruning_with_retraining_keeps_accuracy(digits, trained_mlp) -> None:  # noqa: ANN001
+def test_iterative_pruning_with_retraining_keeps_accuracy(digits, trained_mlp) -> None:
     dense = accuracy(trained_mlp, digits)
     calls = []
 
@@ -143,7 +150,7 @@ def test_iterative_pruning_with_retraining_keeps_accuracy(digits, trained_mlp) -
     assert accuracy(trained_mlp, digits) >= dense - 0.03
 
 
-def test_pruning_a_shared_layer_is_refused(trained_mlp) -> None:  # noqa: ANN001
+def test_pruning_a_shared_layer_is_refused(trained_mlp) -> None:
     share_weights_(trained_mlp, KMeansShare(k=8))
     with pytest.raises(ValueError, match="already weight-shared; prune before share_weights_"):
         prune_(trained_mlp, MagnitudePrune(sparsity=0.5))

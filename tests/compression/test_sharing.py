@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from dcsweep.compression import KMeansShare, MagnitudePrune, SharedWeight, prune_, share_weights_, structural_mask
 
-from ..conftest import accuracy, convnet, train
+from ..helpers import accuracy, convnet, train
 
 
 def shared(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,7 +25,7 @@ def test_k_per_layer_type_and_pattern() -> None:
     assert codebook.shape == (4,) and indices.dtype == torch.int32 and indices.shape == (10, 64)
 
 
-def test_shared_weight_is_codebook_lookup_and_pruned_stay_zero(trained_mlp) -> None:  # noqa: ANN001
+def test_shared_weight_is_codebook_lookup_and_pruned_stay_zero(trained_mlp) -> None:
     prune_(trained_mlp, MagnitudePrune(sparsity=0.8))
     keep = structural_mask(trained_mlp[1]).clone()
     share_weights_(trained_mlp, KMeansShare(k=16))
@@ -39,7 +39,7 @@ def test_shared_weight_is_codebook_lookup_and_pruned_stay_zero(trained_mlp) -> N
     assert w[keep].unique().numel() == 16
 
 
-def test_centroid_gradient_is_sum_of_member_gradients(trained_mlp, digits) -> None:  # noqa: ANN001
+def test_centroid_gradient_is_sum_of_member_gradients(trained_mlp, digits) -> None:
     prune_(trained_mlp, MagnitudePrune(sparsity=0.5))
     share_weights_(trained_mlp, KMeansShare(k=8))
     layer = trained_mlp[3]
@@ -54,7 +54,7 @@ def test_centroid_gradient_is_sum_of_member_gradients(trained_mlp, digits) -> No
     assert (expected != 0).all()
 
 
-def test_fine_tuning_moves_centroids_not_assignments(trained_mlp, digits) -> None:  # noqa: ANN001
+def test_fine_tuning_moves_centroids_not_assignments(trained_mlp, digits) -> None:
     prune_(trained_mlp, MagnitudePrune(sparsity=0.9))
     share_weights_(trained_mlp, KMeansShare(k=4))
     before_acc = accuracy(trained_mlp, digits)
@@ -68,7 +68,7 @@ def test_fine_tuning_moves_centroids_not_assignments(trained_mlp, digits) -> Non
     assert accuracy(trained_mlp, digits) >= before_acc - 0.01
 
 
-def test_state_dict_carries_structure_and_to_moves_it(trained_mlp) -> None:  # noqa: ANN001
+def test_state_dict_carries_structure_and_to_moves_it(trained_mlp) -> None:
     share_weights_(trained_mlp, KMeansShare(k=5))
     keys = trained_mlp.state_dict().keys()
     assert {"1.parametrizations.weight.original", "1.parametrizations.weight.0.indices"} <= set(keys)
@@ -77,7 +77,7 @@ def test_state_dict_carries_structure_and_to_moves_it(trained_mlp) -> None:  # n
     assert codebook.dtype == torch.float64 and indices.dtype == torch.int32
 
 
-def test_sharing_accuracy_on_real_data(trained_convnet, digits) -> None:  # noqa: ANN001
+def test_sharing_accuracy_on_real_data(trained_convnet, digits) -> None:
     dense = accuracy(trained_convnet, digits)
     share_weights_(trained_convnet, KMeansShare(k_conv=32, k_fc=16))
     assert accuracy(trained_convnet, digits) >= dense - 0.02

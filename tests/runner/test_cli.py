@@ -11,7 +11,7 @@ import pytest
 
 from dcsweep.runner.cli import main
 
-from .conftest import write_cifar_bin
+from .helpers import write_cifar_bin
 
 FAST = ["--epochs", "10", "--prune-steps", "2", "--prune-epochs", "3", "--share-epochs", "2"]
 
@@ -30,7 +30,7 @@ def compressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return path, {}
 
 
-def test_compress_json_shape(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+def test_compress_json_shape(capsys, tmp_path: Path) -> None:
     code, out, _ = run(capsys, "compress", *FAST, "--k", "16", "-o", str(tmp_path / "m.dcz"), "--json")
     assert code == 0
     assert set(out["accuracy"]) == {"dense", "pruned", "shared", "decoded"}
@@ -41,7 +41,7 @@ def test_compress_json_shape(capsys, tmp_path: Path) -> None:  # noqa: ANN001
     assert {"name", "shape", "nonzero", "k", "index_bits", "bytes"} <= set(row)
 
 
-def test_inspect_and_evaluate(capsys, compressed) -> None:  # noqa: ANN001
+def test_inspect_and_evaluate(capsys, compressed) -> None:
     path, _ = compressed
     code, out, _ = run(capsys, "inspect", str(path), "--json")
     assert code == 0 and out["compressed_bytes"] == path.stat().st_size
@@ -53,7 +53,7 @@ def test_inspect_and_evaluate(capsys, compressed) -> None:  # noqa: ANN001
     assert "fc1.weight" in table and f"total {path.stat().st_size} B (huffman)" in table
 
 
-def test_human_output(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+def test_human_output(capsys, tmp_path: Path) -> None:
     assert main(["compress", *FAST, "-o", str(tmp_path / "h.dcz")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("accuracy   dense ") and "huffman" in out and "ans" in out
@@ -79,9 +79,17 @@ def test_human_output(capsys, tmp_path: Path) -> None:  # noqa: ANN001
     (["submit", "--address", "http://127.0.0.1:9", "--gpus-per-trial", "2000"],
      r"--gpus-per-trial=2000.0 is not allowed; it must be a number in \[0, 1024\]"),
     (["submit", "--address", "http://127.0.0.1:9", "--storage", "ftp://host/x"], "scheme 'ftp' is not supported"),
+    # a per-layer rule naming no layer was silently ignored
+    (["compress", "--layer", "fc9=0.5", "-o", "{tmp}/x.dcz"],
+     r"layers=\{'fc9': 0.5\} is not allowed: .*\['fc9'\] match no layer of the model; its layers are "
+     r"\['fc1', 'fc2', 'fc3'\]"),
+    (["compress", "--model", "lenet5", "--layer", "features.*=0.5", "--layer", "conv1=0.5", "-o", "{tmp}/x.dcz"],
+     r"\['conv1'\] match no layer of the model; its layers are \['features.0', 'features.2', 'fc1', 'fc2'\]"),
+    (["run", "{tmp}/layers.yaml", "--storage", "{tmp}/s"], r"fixed: layers=\{'fc9': 0.5\} is not allowed"),
 ])
-def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str], message: str) -> None:  # noqa: ANN001
+def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str], message: str) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    (tmp_path / "layers.yaml").write_text("name: typo\nfixed: {layers: {fc9: 0.5}}\nswept: {k: {grid: [4, 8]}}\n")
     code, _, err = run(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
@@ -89,11 +97,11 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str]
     import re
 
     assert re.search(message.replace("{tmp}", re.escape(str(tmp_path))), lines[0]), lines[0]
-    assert not (tmp_path / "x.dcz").exists()
+    assert not (tmp_path / "x.dcz").exists() and not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("command", ["inspect", "evaluate"])
-def test_corrupt_or_unreadable_file_exits_2(capsys, compressed, tmp_path: Path, command: str) -> None:  # noqa: ANN001
+def test_corrupt_or_unreadable_file_exits_2(capsys, compressed, tmp_path: Path, command: str) -> None:
     path, _ = compressed
     bad = tmp_path / "bad.dcz"
     bad.write_bytes(path.read_bytes()[:-20])
@@ -109,13 +117,13 @@ def test_corrupt_or_unreadable_file_exits_2(capsys, compressed, tmp_path: Path, 
     assert code == 2 and "is not a file" in err
 
 
-def test_evaluate_on_the_wrong_dataset_exits_2(capsys, compressed) -> None:  # noqa: ANN001
+def test_evaluate_on_the_wrong_dataset_exits_2(capsys, compressed) -> None:
     path, _ = compressed
     code, _, err = run(capsys, "evaluate", str(path), "--dataset", "mnist5k")
     assert code == 2 and "holds a model for input [1, 8, 8] with 10 classes" in err
 
 
-def test_existing_output_is_kept_unless_overwrite(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+def test_existing_output_is_kept_unless_overwrite(capsys, tmp_path: Path) -> None:
     target = tmp_path / "x.dcz"
     target.write_bytes(b"precious")
     code, _, err = run(capsys, "compress", *FAST, "-o", str(target))
@@ -129,7 +137,7 @@ def test_existing_output_is_kept_unless_overwrite(capsys, tmp_path: Path) -> Non
     assert code == 0 and target.read_bytes()[:4] == b"\x89DCZ"
 
 
-def test_vgg19_bn_on_cifar_format_files(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+def test_vgg19_bn_on_cifar_format_files(capsys, tmp_path: Path) -> None:
     """The seed's experiment, end to end on a tiny file in CIFAR-10's real binary format."""
     root = write_cifar_bin(tmp_path / "data", n=8)
     code, out, err = run(capsys, "compress", "--model", "vgg19_bn", "--dataset", "cifar10", "--data-root", str(root),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dcsweep.runner.sweep import check_settings
+from dcsweep.runner.cycle.config import check_settings
 from dcsweep.search_spaces import SpaceError, list_spaces, load_space
 
 BUILT_IN = ["alexnet-imagenet", "lenet300-digits", "lenet300-mnist5k", "lenet5-mnist5k", "vgg16-imagenet",

@@ -1,0 +1,169 @@
+"""Ray Tune callbacks of the driver: MLflow logging and a concise progress line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from dcsweep.runner.cycle import DIVERGED, FINAL, CycleConfig, CycleResult, Report
+from dcsweep.runner.cycle.pareto import label, pareto_mask
+from dcsweep.runner.cycle.results import MODEL_FILE, PLOTS_DIR, RESULT_FILE
+from dcsweep.search_spaces import SearchSpace
+
+from .tracking import SweepTracker
+
+log = logging.getLogger("dcsweep")
+
+
+def _swept(space: SearchSpace, config: Mapping[str, Any]) -> dict[str, Any]:
+    return {d.name: config.get(d.name) for d in space.swept}
+
+
+# Tune pickles its callbacks into the experiment state and unpickles them on restore; ours keep
+# only the sweep's name and find this driver's tracker here, so a restored sweep logs through a
+# fresh MLflow client (and no client, URI or credential is pickled into the storage).
+_TRACKERS: dict[str, SweepTracker] = {}
+RETRY_AFTER_S = 30.0
+
+
+def register_tracker(tracker: SweepTracker) -> None:
+    _TRACKERS[tracker.name] = tracker
+
+
+class MlflowCallback(tune.Callback):
+    """One child run per trial (found again by tag after a restore), metrics per phase,
+    artifacts and the Pareto tags when a trial ends. MLflow being unreachable never stops the
+    sweep: what was not logged is logged from the sweep storage by ``sync_results``."""
+
+    def __init__(self, name: str, space: SearchSpace) -> None:
+        self.name, self.space = name, space
+        self.pending = False  # something was not logged: sync_results logs it at the end
+        self.failed_at = -RETRY_AFTER_S
+
+    @property
+    def tracker(self) -> SweepTracker:
+        return _TRACKERS[self.name]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "space": self.space, "pending": False, "failed_at": -RETRY_AFTER_S}
+
+    def _safely(self, what: str, trial: Any, call: Callable[[str], object]) -> None:
+        """``call(trial_id)`` once the trial's run exists. After a failure, MLflow is left
+        alone a while: each call to a server that is down costs its retries, and Tune's loop
+        waits for callbacks."""
+        if time.monotonic() - self.failed_at < RETRY_AFTER_S:
+            self.pending = True
+            return
+        try:
+            trial_run(self.tracker, self.space, trial.trial_id, trial.config)
+            call(trial.trial_id)
+        except Exception as exc:  # noqa: BLE001 - any MLflow or network failure: the storage keeps the results
+            if not self.pending:
+                log.warning("MLflow is unreachable (%s: %s); the sweep goes on and its results, kept in the "
+                            "sweep storage, are logged at the end or by `dcsweep resume`", what,
+                            str(exc).splitlines()[0][:200])
+            self.pending, self.failed_at = True, time.monotonic()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._safely("start", trial, self.tracker.reopen)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        report = Report.from_metrics(result)
+        if report.step is not None:
+            self._safely("metrics", trial, lambda tid: self.tracker.log_phase(tid, report.phase, report.numbers))
+        elif report.phase == DIVERGED:
+            self._safely("divergence", trial, lambda tid: self.tracker.fail_trial(tid, report.error or ""))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if (trial.last_result or {}).get("phase") == FINAL:
+            self._safely("artifacts", trial,
+                         lambda tid: finish_from_checkpoint(self.tracker, tid, trial.checkpoint))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = getattr(trial, "error_msg", None) or str(getattr(trial, "error_file", "") or "trial failed")
+        self._safely("failure", trial, lambda tid: self.tracker.fail_trial(tid, error))
+
+
+def trial_run(tracker: SweepTracker, space: SearchSpace, trial_id: str, config: Mapping[str, Any]) -> str:
+    params = CycleConfig.from_dict(config).to_dict()
+    name = f"{trial_id}: {label(_swept(space, config))}".strip(": ")
+    return tracker.trial_run(trial_id, params, name)
+
+
+def finish_from_checkpoint(tracker: SweepTracker, trial_id: str, checkpoint: Any) -> None:
+    """The final result, .dcz and plots of a trial's last checkpoint into its run."""
+    if tracker.finished(trial_id):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(checkpoint.to_directory(tmp)) if checkpoint else Path(tmp)
+        result_file = folder / RESULT_FILE
+        result = CycleResult.from_json(json.loads(result_file.read_text())) if result_file.is_file() else None
+        tracker.finish_trial(trial_id, result, {n: folder / n for n in (MODEL_FILE, PLOTS_DIR)})
+
+
+def sync_results(tracker: SweepTracker, space: SearchSpace, results: Any) -> None:
+    """Bring MLflow level with Tune's results in the sweep storage: runs of trials whose driver
+    died before logging them, phases logged while MLflow was down. Finished runs are left as
+    they are; no step is logged twice."""
+    for result in results:
+        metrics = result.metrics or {}
+        # a trial that never reported: its folder is trial_<id>_<n>_<settings>_<date>
+        trial_id = metrics.get("trial_id") or "_".join(Path(result.path).name.split("_")[1:3])
+        trial_run(tracker, space, trial_id, result.config)
+        if tracker.finished(trial_id):
+            continue
+        frame = result.metrics_dataframe
+        for row in [] if frame is None else frame.to_dict("records"):
+            report = Report.from_metrics(row)
+            if report.step is not None:
+                tracker.log_phase(trial_id, report.phase, report.numbers)
+        last = Report.from_metrics(metrics)
+        if last.phase == DIVERGED:
+            tracker.fail_trial(trial_id, last.error or "")
+        elif result.error is not None:
+            tracker.fail_trial(trial_id, str(result.error))
+        elif last.phase == FINAL:
+            finish_from_checkpoint(tracker, trial_id, result.checkpoint)
+
+
+class ProgressCallback(tune.Callback):
+    """A line per finished phase on stderr instead of Ray's full table."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.finished: dict[str, tuple[float, float]] = {}  # label -> (accuracy, bytes)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        report = Report.from_metrics(result)
+        name = label(_swept(self.space, trial.config))
+        if report.phase == DIVERGED:
+            sys.stderr.write(f"{name}: stopped, {report.error}\n")
+            return
+        if report.phase == FINAL and report.accuracy is not None and report.compressed_bytes:
+            self.finished[name] = (report.accuracy, report.compressed_bytes)
+        done = sum(t.status == "TERMINATED" for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        size = f", {int(report.compressed_bytes):,} B" if report.compressed_bytes else ""
+        if report.ratio is not None:
+            size += f" ({report.ratio:.1f}x)"
+        acc = "None" if report.accuracy is None else f"{report.accuracy:.4f}"
+        sys.stderr.write(f"[{done}/{len(trials)} done, {running} running] {name}: {report.phase} "
+                         f"accuracy {acc}{size}\n")
+        if report.phase == FINAL:
+            names = list(self.finished)
+            optimal = pareto_mask([self.finished[n][0] for n in names], [self.finished[n][1] for n in names])
+            front = sorted((self.finished[n][1], n) for n, o in zip(names, optimal, strict=True) if o)
+            sys.stderr.write("  front so far: " + " | ".join(
+                f"{n} {self.finished[n][0]:.4f} @ {b / 1024:.1f} KB" for b, n in front) + "\n")
+        sys.stderr.flush()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        sys.stderr.write(f"trial {trial.trial_id} ({label(_swept(self.space, trial.config))}) failed\n")

@@ -1,0 +1,174 @@
+"""The driver of a sweep: Ray Tune runs the trials, MLflow gets their results.
+
+A sweep resumed after its driver died restores Tune's experiment from the sweep storage
+(pickled state: only from a storage the user names) and brings MLflow level with it; finished
+trials are never rerun and their runs never touched. The workers' side is ``trainable.py``;
+MLflow is reached only through ``tracking.py`` (and ``callbacks.py`` on top of it), imported
+late: importing MLflow and opening its store take seconds that overlap Ray's start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray import tune
+
+from dcsweep.runner.cycle import FINAL, Trial
+from dcsweep.runner.cycle.pareto import mark_front
+from dcsweep.runner.cycle.results import RATIO_METRIC
+from dcsweep.runner.sweep import Sweep
+from dcsweep.runner.sweep.spec import write_sweep_files
+from dcsweep.search_spaces import SearchSpace
+
+from .env import set_driver_defaults
+from .nodes import check_shared_storage, fit_resources, start_baseline
+from .trainable import trial
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import SweepTracker
+
+log = logging.getLogger("dcsweep")
+
+
+def param_space(space: SearchSpace) -> dict[str, Any]:
+    params: dict[str, Any] = dict(space.fixed)
+    for d in space.swept:
+        if d.kind == "grid" and space.algorithm == "grid":
+            params[d.name] = tune.grid_search(list(d.values))
+        elif d.kind in ("grid", "choice"):
+            params[d.name] = tune.choice(list(d.values))
+        elif d.kind == "uniform":
+            params[d.name] = tune.uniform(*d.values)
+        elif d.kind == "loguniform":
+            params[d.name] = tune.loguniform(*d.values)
+        else:
+            params[d.name] = tune.randint(*d.values)
+    return params
+
+
+def run_sweep(sweep: Sweep) -> dict[str, Any]:
+    """Run (or, with ``sweep.resume``, continue) the sweep; the JSON of ``dcsweep run``."""
+    set_driver_defaults()
+    started_here = not ray.is_initialized()
+    with ThreadPoolExecutor(2, thread_name_prefix="dcsweep") as pool:
+        # importing MLflow and creating a new store's tables take seconds; Ray starts meanwhile
+        client = pool.submit(_mlflow_client, sweep.tracking_uri)
+        if started_here:  # "local": never join a cluster some earlier `ray start` left behind
+            ray.init(address=sweep.address or "local", include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False, num_cpus=None if sweep.address else os.cpu_count())
+        try:
+            # a trial no node can hold is refused before anything is written
+            sweep = fit_resources(sweep)
+            check_shared_storage(sweep)
+            tracker, outcome, results = _run(sweep, client, pool)
+            # the parent's pareto.csv/png are drawn while Ray's processes stop
+            trials = pool.submit(_final_trials, tracker, sweep, results, outcome)
+        finally:
+            if started_here:
+                ray.shutdown()
+        outcome["trials"] = [t.to_json() for t in trials.result()]
+    return outcome
+
+
+def _mlflow_client(uri: str) -> MlflowClient:
+    from .tracking import open_client
+
+    return open_client(uri)
+
+
+def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
+         ) -> tuple[SweepTracker, dict[str, Any], tune.ResultGrid]:
+    from .callbacks import MlflowCallback, ProgressCallback, register_tracker, sync_results
+    from .tracking import SweepTracker
+
+    if not sweep.resume:
+        write_sweep_files(sweep)
+    baseline = start_baseline(sweep, pool)
+    # a local store keeps artifacts beside it; a tracking server decides (and serves) its own
+    local = sweep.tracking_uri.startswith(("sqlite:", "file:"))
+    artifacts = (sweep.storage.local / "mlartifacts").as_uri() if sweep.storage.local else sweep.storage.uri(
+        "mlartifacts")
+    tracker = SweepTracker(client.result(), sweep.name, artifacts if local else None,
+                           params={"space": sweep.space.name, "algorithm": sweep.space.algorithm,
+                                   "smoke_test": sweep.smoke})
+    register_tracker(tracker)
+    callbacks = [MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space)]
+    try:
+        trainable: Any = trial
+        if baseline is not None:
+            # in a list: Ray refuses to put an ObjectRef itself, but keeps one nested
+            trainable = tune.with_parameters(trial, baseline=[baseline.key, baseline.ref])
+        trainable = tune.with_resources(trainable, {"cpu": sweep.space.cpu, "gpu": sweep.space.gpu})
+        path = sweep.storage.uri(*sweep.folder, "tune")
+        if sweep.resume and tune.Tuner.can_restore(path):
+            log.info("resuming sweep %s from %s", sweep.name, path)
+            # the callbacks come back from Tune's pickled state and find this driver's tracker
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            params = param_space(sweep.space)
+            if baseline is not None:
+                params["dense_path"] = str(baseline.path)  # where it is kept; trials read the object store
+            tuner = tune.Tuner(trainable, param_space=params, tune_config=_tune_config(sweep.space),
+                               run_config=tune.RunConfig(
+                                   name="tune", storage_path=sweep.storage.uri(*sweep.folder), verbose=0,
+                                   failure_config=tune.FailureConfig(max_failures=sweep.space.max_failures),
+                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks))
+        results = tuner.fit()
+        if baseline is not None:
+            baseline.stored.result()  # a failed baseline fails the sweep with its own error
+        errors = [str(r.error) for r in _each(results) if r.error is not None]
+        try:
+            sync_results(tracker, sweep.space, results)
+            tracker.finish("FAILED" if errors and len(errors) == len(results) else "FINISHED")
+        except Exception as exc:  # noqa: BLE001 - MLflow unreachable: the storage keeps everything
+            log.warning("MLflow is unreachable at the end of the sweep (%s); `dcsweep resume %s` logs the "
+                        "results kept in the sweep storage", str(exc).splitlines()[0][:200], sweep.name)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            tracker.finish("FAILED")
+        raise
+    return tracker, {"name": sweep.name, "storage": str(sweep.storage), "tracking_uri": sweep.tracking_uri,
+                     "experiment_id": tracker.experiment_id, "parent_run_id": tracker.parent_id,
+                     "errors": errors}, results
+
+
+def _final_trials(tracker: SweepTracker, sweep: Sweep, results: tune.ResultGrid,
+                  outcome: dict[str, Any]) -> list[Trial]:
+    """The trials with the Pareto front, from MLflow (logging pareto.csv/png on the parent), or
+    from Tune's results when MLflow is unreachable."""
+    try:
+        return tracker.update_pareto()
+    except Exception:  # noqa: BLE001 - MLflow unreachable: the front from the sweep storage
+        outcome["mlflow_pending"] = True
+        done = [(r.config or {}, r.metrics) for r in _each(results)
+                if r.error is None and r.metrics and r.metrics.get("phase") == FINAL]
+        return mark_front([Trial(None, {d.name: str(config.get(d.name)) for d in sweep.space.swept},
+                                 metrics["accuracy"], int(metrics["compressed_bytes"]), metrics.get(RATIO_METRIC))
+                           for config, metrics in done])
+
+
+def _each(results: tune.ResultGrid) -> list[tune.Result]:
+    return [results[i] for i in range(len(results))]
+
+
+def _tune_config(space: SearchSpace) -> tune.TuneConfig:
+    if space.algorithm == "optuna":
+        import optuna
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        # metric/mode only here: also setting them on TuneConfig silently makes it single-objective
+        search = OptunaSearch(metric=["accuracy", "compressed_bytes"], mode=["max", "min"],
+                              sampler=optuna.samplers.NSGAIISampler(seed=space.seed))
+        return tune.TuneConfig(search_alg=ConcurrencyLimiter(search, max_concurrent=space.max_concurrent),
+                               num_samples=space.num_samples, reuse_actors=True)
+    # reuse_actors: a trial's worker keeps torch imported for the next trial (seconds each)
+    return tune.TuneConfig(num_samples=space.num_samples, max_concurrent_trials=space.max_concurrent,
+                           reuse_actors=True)

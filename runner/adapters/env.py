@@ -1,0 +1,42 @@
+"""Environment defaults the adapters set before Ray Tune and MLflow read them.
+
+Each is a ``setdefault``: a value the user exported wins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The test-only fault hook's variable (see testing.py); never set in normal use.
+TEST_HOOKS = "DCSWEEP_TEST_FAULT"
+
+#: Tune snapshots its experiment this often (seconds): a killed driver redoes at most the phase
+#: each running trial was in (Tune's "auto" can be 10 s or more, whole trials here).
+EXPERIMENT_SNAPSHOT_S = "0.5"
+
+DEFAULTS = {
+    "TUNE_GLOBAL_CHECKPOINT_S": EXPERIMENT_SNAPSHOT_S,
+    # ...and Tune's own warning about snapshotting that often
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # a tracking server that went away must not stall the driver for minutes of retries
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def set_driver_defaults() -> None:
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def use_ray_token() -> None:
+    """Ray 2.60 clusters authenticate every client with a token, but a client only sends one
+    when RAY_AUTH_MODE says so: when the user has a token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token) and has not chosen a mode, use it. Call before Ray reads its settings."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if (os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
+            .expanduser().is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"

@@ -1,0 +1,202 @@
+"""MLflow for sweeps: one experiment per sweep, a parent run, one child run per trial.
+
+Only the driver writes (SQLite allows one writer). Runs are found again by tags, never held in
+memory only, so a restored sweep reopens its runs instead of duplicating them, and a metric step
+already logged is not logged twice. Credentials come from MLflow's own environment variables
+and are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, Run
+from mlflow.tracking import MlflowClient
+
+from dcsweep.runner.cycle import STEPS, ConfigError, CycleResult, Trial
+from dcsweep.runner.cycle.pareto import mark_front, write_csv, write_png
+from dcsweep.runner.cycle.results import RATIO_METRIC
+
+log = logging.getLogger("dcsweep")
+ROLE, SWEEP, TRIAL = "dcsweep.role", "dcsweep.sweep", "dcsweep.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+PARETO_TAG = "pareto_optimal"
+#: Runs asked of MLflow per call; every search pages through all of them.
+PAGE_SIZE = 1000
+
+
+class SweepTracker:
+    """The MLflow side of one sweep; every method is idempotent across driver restarts."""
+
+    def __init__(self, client: MlflowClient | str, name: str, artifact_root: str | None = None,
+                 params: dict[str, Any] | None = None) -> None:
+        # a client may come ready-made: a new SQLite store takes a second to create its tables,
+        # which the driver spends while Ray starts
+        self.client = MlflowClient(client) if isinstance(client, str) else client
+        self.name = name
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None  # a URI
+            self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        parents = self._search(f"tags.`{ROLE}` = 'parent'")
+        if parents:  # a resumed sweep: its parent runs again
+            self.parent_id = parents[0].info.run_id
+            if parents[0].info.status != "RUNNING":
+                self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            self.parent_id = self.client.create_run(self.experiment_id, run_name=name,
+                                                    tags={ROLE: "parent", SWEEP: name}).info.run_id
+            self.client.log_batch(self.parent_id, params=[Param(k, _param(v)) for k, v in (params or {}).items()])
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._last_step: dict[str, int] = {}  # run id -> last metric step logged
+        self._status: dict[str, str] = {}  # run id -> status as this driver knows it
+
+    def _search(self, query: str) -> list[Run]:
+        return list(search_all(self.client, self.experiment_id, query))
+
+    # -- trials ---------------------------------------------------------------------------
+    def trial_run(self, trial_id: str, params: dict[str, Any], run_name: str) -> str:
+        """The child run of ``trial_id``: found by its tag (a restored sweep), else created with
+        its params. Its status is left as it is."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        found = self._search(f"tags.`{TRIAL}` = '{trial_id}'")
+        if found:
+            run_id = found[0].info.run_id
+            self._status[run_id] = found[0].info.status
+            history = self.client.get_metric_history(run_id, "accuracy")
+            self._last_step[run_id] = max((m.step for m in history), default=-1)
+            missing = {k: v for k, v in params.items() if k not in found[0].data.params}
+            if missing:  # created just before MLflow went away: its params never arrived
+                self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in missing.items()])
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags={
+                PARENT_TAG: self.parent_id, ROLE: "child", SWEEP: self.name, TRIAL: trial_id}).info.run_id
+            self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+            self._last_step[run_id], self._status[run_id] = -1, "RUNNING"
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def finished(self, trial_id: str) -> bool:
+        return self._status.get(self._runs.get(trial_id, ""), "") == "FINISHED"
+
+    def reopen(self, trial_id: str) -> None:
+        """A trial runs again (a retry, a resumed sweep): its run is RUNNING unless it finished."""
+        run_id = self._runs[trial_id]
+        if self._status[run_id] not in ("RUNNING", "FINISHED"):
+            self.client.update_run(run_id, status="RUNNING")
+            self._status[run_id] = "RUNNING"
+
+    def log_phase(self, trial_id: str, phase: str, metrics: Mapping[str, float]) -> None:
+        """Metrics of one finished phase at step 0 (dense) .. 3 (final); a step already logged
+        (a resumed trial redoing a phase) is skipped."""
+        run_id = self._runs[trial_id]
+        step = STEPS[phase]
+        if step <= self._last_step.get(run_id, -1) or self.finished(trial_id):
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self.client.log_batch(run_id, metrics=batch)
+        self._last_step[run_id] = step
+
+    def finish_trial(self, trial_id: str, result: CycleResult | None, files: Mapping[str, Path]) -> None:
+        run_id = self._runs[trial_id]
+        if self.finished(trial_id):  # logged before a restart: never touched again
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            table = Path(tmp) / "layers.json"
+            layers = [dict(row) for row in result.encoded.layers] if result and result.encoded else []
+            table.write_text(json.dumps(layers, indent=1))
+            self.client.log_artifact(run_id, str(table))
+            for path in files.values():
+                if path.is_dir():
+                    self.client.log_artifacts(run_id, str(path), path.name)
+                elif path.is_file():
+                    self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, "FINISHED")
+        self._status[run_id] = "FINISHED"
+        self.update_pareto(artifacts=False)  # tags now; the parent's csv/png at the end
+
+    def fail_trial(self, trial_id: str, error: str) -> None:
+        run_id = self._runs.get(trial_id)
+        if run_id is None or self.finished(trial_id):
+            return
+        self.client.set_tag(run_id, "error", error[-4000:])
+        self.client.set_terminated(run_id, "FAILED")
+        self._status[run_id] = "FAILED"
+
+    def finish(self, status: str = "FINISHED") -> None:
+        for run in self._search(f"tags.`{ROLE}` = 'child' and attributes.status = 'RUNNING'"):
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        self.client.set_terminated(self.parent_id, status)
+
+    # -- Pareto -----------------------------------------------------------------------------
+    def update_pareto(self, artifacts: bool = True) -> list[Trial]:
+        """Set every child's ``pareto_optimal`` tag; with ``artifacts``, log pareto.csv/png on
+        the parent. Returns the trials, front marked."""
+        rows = list(_finished(self.client, self.experiment_id))
+        tags = {trial.run_id: run.data.tags.get(PARETO_TAG) for run, trial in rows}
+        trials = mark_front([trial for _, trial in rows])
+        for t in trials:
+            flag = str(t.pareto_optimal).lower()
+            if tags[t.run_id] != flag and t.run_id is not None:
+                self.client.set_tag(t.run_id, PARETO_TAG, flag)
+        if trials and artifacts:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.client.log_artifact(self.parent_id, str(write_csv(Path(tmp) / "pareto.csv", trials)))
+                png = write_png(Path(tmp) / "pareto.png", trials, f"{self.name}: accuracy vs size")
+                self.client.log_artifact(self.parent_id, str(png))
+        return trials
+
+
+def open_client(tracking_uri: str) -> MlflowClient:
+    """A client of the store (a new SQLite store creates its tables here: a second or two)."""
+    return MlflowClient(tracking_uri)
+
+
+def search_all(client: MlflowClient, experiment_id: str, query: str) -> Iterator[Run]:
+    """Every run that matches, a page at a time: a sweep may hold any number of trials."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=query, max_results=PAGE_SIZE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _finished(client: MlflowClient, experiment_id: str) -> Iterator[tuple[Run, Trial]]:
+    for run in search_all(client, experiment_id, f"tags.`{ROLE}` = 'child'"):
+        m = run.data.metrics
+        if run.info.status != "FINISHED" or "accuracy" not in m or "compressed_bytes" not in m:
+            continue
+        yield run, Trial(run.info.run_id, dict(run.data.params), m["accuracy"], int(m["compressed_bytes"]),
+                         m.get(RATIO_METRIC))
+
+
+def read_trials(client: MlflowClient, experiment_id: str) -> list[Trial]:
+    """Finished child runs with their params, accuracy, size and Pareto flag (recomputed)."""
+    return mark_front([trial for _, trial in _finished(client, experiment_id)])
+
+
+def sweep_trials(tracking_uri: str, name: str) -> list[Trial]:
+    """``dcsweep pareto NAME``: the sweep's trials from its MLflow store. ConfigError when the
+    store holds no such sweep, naming the ones it holds."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise ConfigError(f"no sweep named {name!r} in {tracking_uri}; sweeps there: {names}")
+    return read_trials(client, experiment.experiment_id)
+
+
+def _param(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)

@@ -1,0 +1,121 @@
+"""The trial side of a sweep, in Ray's workers: the Tune trainable and the baseline task.
+
+Everything here runs on the cluster's nodes, so it reads nothing from the driver's disk: the
+dense baseline comes through Ray's object store, checkpoints through Tune's storage. A trial's
+files (the baseline's local copy, the cycle's checkpoints, the .dcz and plots) live in one
+temporary folder that is removed when the trial ends, fails or is retried; the folder of a
+worker that was killed is removed by the next trial that starts on its node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from dcsweep.runner.cycle import FINAL, CycleCallbacks, CycleResult, DivergedError, Report, run_cycle, train_baseline
+from dcsweep.runner.cycle.results import MODEL_FILE, PLOTS_DIR, RESULT_FILE
+
+from .env import TEST_HOOKS
+
+TRIAL_PREFIX = "dcsweep-trial-"
+
+
+def baseline_task(settings: dict[str, Any]) -> tuple[bytes, tuple[float, float]]:
+    """The dense baseline's .dcz bytes (through the object store, so any node can run it and
+    any node's trials read it), its accuracy and the seconds of training itself."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dcsweep-baseline-") as tmp:
+        accuracy = train_baseline(settings, Path(tmp) / MODEL_FILE)
+        blob = (Path(tmp) / MODEL_FILE).read_bytes()
+    return blob, (accuracy, time.perf_counter() - started)
+
+
+class _TuneReporter(CycleCallbacks):
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_phase_end(self, phase: str, checkpoint_dir: Path | None, result: CycleResult) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        _report(result.metrics(phase), checkpoint)
+        if os.environ.get(TEST_HOOKS):
+            from . import testing
+
+            testing.after_report(phase, self.config, tune.get_context().get_trial_id())
+
+
+def _report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
+    if os.environ.get(TEST_HOOKS):
+        from . import testing
+
+        metrics = {**metrics, **testing.extra_metrics()}
+    tune.report(metrics, checkpoint=checkpoint)
+
+
+def trial(config: dict[str, Any], baseline: list[Any] | None = None) -> None:
+    """Ray Tune trainable: one full cycle, continuing from the trial's last checkpoint.
+    ``baseline`` is [key, ObjectRef of the dense .dcz bytes] when the sweep trains one."""
+    checkpoint = tune.get_checkpoint()
+    with contextlib.ExitStack() as stack:
+        resume = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
+        if resume is not None and (resume / RESULT_FILE).is_file():  # finished before the restart
+            _report(CycleResult.from_json(json.loads((resume / RESULT_FILE).read_text())).metrics(FINAL))
+            return
+        work = stack.enter_context(_trial_folder())
+        if baseline is not None:
+            config = {**config, "dense_path": str(_local_baseline(baseline[1], work))}
+        out = work / "out"
+        try:
+            result = run_cycle(config, output=out / MODEL_FILE, callbacks=_TuneReporter(config), resume_from=resume,
+                               plots=out / PLOTS_DIR, workdir=work)
+        except DivergedError as exc:
+            # deterministic: a retry would diverge again. The trial ends here with the reason.
+            _report(Report.diverged(str(exc)))
+            return
+        (out / RESULT_FILE).write_text(json.dumps(result.to_json()))
+        # Tune copies the checkpoint into the sweep storage before report returns
+        _report(result.metrics(FINAL), tune.Checkpoint.from_directory(str(out)))
+
+
+@contextlib.contextmanager
+def _trial_folder() -> Iterator[Path]:
+    """This attempt's folder, removed when it ends however it ends; first the folders of
+    killed workers on this node (their process is gone) are removed."""
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(f"{TRIAL_PREFIX}*"):
+        pid = stale.name.removeprefix(TRIAL_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{TRIAL_PREFIX}{os.getpid()}-", dir=root))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and not ours to judge
+        return True
+    return True
+
+
+def _local_baseline(ref: Any, folder: Path) -> Path:
+    """The baseline as a file in this attempt's folder (waiting for the baseline task if it
+    still runs). A retry writes it again: the cycle checks its content, not its path."""
+    import ray
+
+    path = folder / "dense.dcz"
+    path.write_bytes(ray.get(ref))
+    return path

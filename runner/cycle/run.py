@@ -1,0 +1,258 @@
+"""One Deep Compression cycle as a plain function: ``run_cycle(config) -> CycleResult``.
+
+dense baseline (trained, or loaded from ``dense_path``) -> iterative pruning with retraining ->
+k-means weight sharing with centroid fine-tuning -> the .dcz file -> that file decoded into a
+fresh model and evaluated. No Ray, no MLflow: a sweep runner calls this once per trial.
+
+After each phase the model and the results so far are written to a checkpoint directory (a .dcz
+file, which keeps masks and codebooks, plus ``state.json``) and handed to
+``callbacks.on_phase_end``; ``resume_from=<such a directory>`` continues after that phase. Each
+phase seeds its own random streams, so a resumed cycle gives the same numbers as an unbroken one.
+Every temporary folder it makes is removed before it returns or raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from dcsweep.compression import (
+    SizeReport,
+    iterative_prune_,
+    load_compressed,
+    save_compressed,
+    share_weights_,
+    size_report,
+    sparsity,
+)
+from dcsweep.compression.layers import compressible_layers, structural_mask, tensor
+
+from .config import ConfigError, CycleConfig
+from .datasets import Data, load_dataset
+from .models import create_model
+from .results import MODEL_FILE, PHASES, STATE_FILE, CycleResult, Encoded
+from .train import Schedule, evaluate, fit, pick_device, seed_everything
+
+log = logging.getLogger("dcsweep")
+PLOT_SAMPLES = 1 << 20
+
+
+class CycleCallbacks:
+    """Hooks a caller overrides; the defaults do nothing."""
+
+    def on_phase_end(self, phase: str, checkpoint_dir: Path | None, result: CycleResult) -> None:
+        """``checkpoint_dir`` is deleted when this returns: copy what you keep. It is None when
+        the phase needs no checkpoint (a dense model loaded from ``dense_path``)."""
+
+    def on_epoch(self, phase: str, epoch: int, loss: float) -> None:
+        """Called after every training epoch of every phase."""
+
+
+class _Cycle:
+    """The state one run of the cycle carries from phase to phase."""
+
+    def __init__(self, cfg: CycleConfig, callbacks: CycleCallbacks, progress: bool,
+                 workdir: Path | None = None) -> None:
+        self.cfg, self.callbacks, self.progress, self.workdir = cfg, callbacks, progress, workdir
+        self.device = pick_device(cfg.device)
+        self.data: Data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size)
+        seed_everything(cfg.seed)  # the initial weights too
+        self.model = create_model(cfg.model, self.data.input_shape, self.data.num_classes)
+        cfg.check_layers(self.model)  # a rule naming no layer is refused before any training
+        self.result = CycleResult(cfg.to_dict())
+
+    def fit(self, phase: str, label: str, epochs: int, lr: float, gen: torch.Generator, first_epoch: int = 0) -> None:
+        cfg = self.cfg
+        schedule = Schedule(epochs, lr, cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.batch_size)
+        fit(self.model, self.data.train, schedule, self.device, gen, label, self.progress,
+            lambda e, loss: self.callbacks.on_epoch(phase, first_epoch + e, loss))
+
+    # -- phases -------------------------------------------------------------------------------
+    def dense(self, gen: torch.Generator) -> None:
+        if self.cfg.dense_path is not None:
+            _load_dense(self.model, Path(self.cfg.dense_path))
+        else:
+            self.fit("dense", "dense", self.cfg.epochs, self.cfg.lr, gen)
+
+    def pruned(self, gen: torch.Generator) -> None:
+        cfg = self.cfg
+
+        def retrain(model: nn.Module, step: int) -> None:
+            self.fit("pruned", f"prune {step + 1}/{cfg.prune_steps}", cfg.prune_epochs, cfg.prune_learning_rate, gen,
+                     first_epoch=step * cfg.prune_epochs)
+
+        iterative_prune_(self.model, cfg.prune_config, cfg.prune_steps, retrain)
+
+    def shared(self, gen: torch.Generator) -> None:
+        share_weights_(self.model, self.cfg.share_config)
+        self.fit("shared", "share", self.cfg.share_epochs, self.cfg.share_learning_rate, gen)
+
+    def phase(self, name: str) -> Callable[[torch.Generator], None]:
+        return {"dense": self.dense, "pruned": self.pruned, "shared": self.shared}[name]
+
+    # -- files --------------------------------------------------------------------------------
+    def bytes_now(self) -> int:
+        """The .dcz's size if the cycle stopped here (in the run's own coder and widths)."""
+        return size_report(self.model, coder=self.cfg.coder, index_bits=self.cfg.index_bits).total_bytes
+
+    def checkpoint(self, phase: str, accuracy: float, seconds: float) -> None:
+        """The model as a .dcz in the run's own format and the results so far, handed to the
+        callback; a dense model loaded from ``dense_path`` needs no checkpoint (a resume loads it
+        again)."""
+        if phase == "dense" and self.cfg.dense_path is not None:
+            self.result = self.result.after(phase, accuracy, seconds, self.bytes_now())
+            self.callbacks.on_phase_end(phase, None, self.result)
+            return
+        with tempfile.TemporaryDirectory(prefix=f"dcsweep-{phase}-", dir=self.workdir) as tmp:
+            folder = Path(tmp)
+            report = save_compressed(self.model, folder / MODEL_FILE, coder=self.cfg.coder,
+                                     index_bits=self.cfg.index_bits)
+            self.result = self.result.after(phase, accuracy, seconds, report.total_bytes)
+            state = {"phase": phase, "result": self.result.to_json(), "dense_sha256": _dense_digest(self.cfg)}
+            (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
+            self.callbacks.on_phase_end(phase, folder, self.result)
+
+    def encode(self, output: Path | None) -> SizeReport:
+        """Write the .dcz (to a temporary folder when there is no ``output``: measured, then
+        removed), decode it into a fresh model and evaluate that; returns the file's sizes."""
+        start = time.perf_counter()
+        cfg = self.cfg
+        with tempfile.TemporaryDirectory(prefix="dcsweep-encode-", dir=self.workdir) as tmp:
+            path = output if output is not None else Path(tmp) / MODEL_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            report = save_compressed(self.model, path, coder=cfg.coder, index_bits=cfg.index_bits)
+            decoded = load_compressed(path)  # a fresh model built from the file's own architecture
+        accuracy = evaluate(decoded, self.data.test, self.device)
+        by_coder = {cfg.coder: report.total_bytes, **{
+            c: size_report(self.model, coder=c, index_bits=cfg.index_bits).total_bytes
+            for c in ("huffman", "ans") if c != cfg.coder}}
+        if report.dense_weights:
+            log.warning("stored dense (not pruned or shared): %s", ", ".join(report.dense_weights))
+        encoded = Encoded(str(output) if output is not None else None, cfg.coder, sparsity(self.model),
+                          report.dense_bytes, report.total_bytes, by_coder, tuple(r.to_dict() for r in report.layers))
+        self.result = CycleResult(self.result.config, {**self.result.accuracy, "decoded": accuracy},
+                                  self.result.seconds, self.result.bytes_by_phase, encoded)
+        self.result = self.result.with_seconds(encoded=time.perf_counter() - start)
+        return report
+
+
+def run_cycle(
+    config: Mapping[str, Any] | CycleConfig,
+    *,
+    output: str | Path | None = None,
+    callbacks: CycleCallbacks | None = None,
+    resume_from: str | Path | None = None,
+    plots: str | Path | None = None,
+    progress: bool = False,
+    workdir: str | Path | None = None,
+) -> CycleResult:
+    """Run the cycle; ``result.to_json()`` is the compress JSON of ARCHITECTURE.md.
+
+    ``output`` is where the .dcz goes (default: nowhere that lasts; the file is written to a
+    temporary folder to be measured and decoded, and ``encoded.path`` is None). ``plots`` is a
+    directory for weight histograms and a bytes-per-layer chart. ``workdir`` holds the cycle's
+    temporary folders (default: the system's), each removed before the cycle returns or raises.
+    """
+    cfg = config if isinstance(config, CycleConfig) else CycleConfig.from_dict(config)
+    cycle = _Cycle(cfg, callbacks or CycleCallbacks(), progress, Path(workdir) if workdir is not None else None)
+    done = -1
+    if resume_from is not None:
+        done, cycle.result = _restore(Path(resume_from), cfg, cycle.model)
+        log.info("resuming after phase %r", PHASES[done])
+    snapshots: dict[str, dict[str, torch.Tensor]] = {}
+    for index, phase in enumerate(PHASES):
+        if index <= done:
+            continue
+        start = time.perf_counter()
+        generator = seed_everything(cfg.seed + 1000 * index)
+        if plots is not None:
+            snapshots[phase] = _weights(cycle.model)
+        cycle.phase(phase)(generator)
+        accuracy = evaluate(cycle.model, cycle.data.test, cycle.device)
+        seconds = time.perf_counter() - start
+        log.info("%s: accuracy %.4f in %.1fs", phase, accuracy, seconds)
+        cycle.checkpoint(phase, accuracy, seconds)
+    if plots is not None:
+        snapshots["final"] = _weights(cycle.model)
+    report = cycle.encode(Path(output) if output is not None else None)
+    if plots is not None:
+        from .plots import write_plots
+
+        start = time.perf_counter()
+        write_plots(Path(plots), snapshots, report)
+        cycle.result = cycle.result.with_seconds(plots=time.perf_counter() - start)
+    return cycle.result
+
+
+def train_baseline(config: Mapping[str, Any] | CycleConfig, output: str | Path, progress: bool = False) -> float:
+    """Only the dense phase, saved as a .dcz that ``dense_path`` accepts; returns its accuracy.
+    A sweep trains this once and every trial starts from it."""
+    cfg = config if isinstance(config, CycleConfig) else CycleConfig.from_dict(config)
+    cycle = _Cycle(cfg, CycleCallbacks(), progress)
+    cycle.dense(seed_everything(cfg.seed))
+    accuracy = evaluate(cycle.model, cycle.data.test, cycle.device)
+    save_compressed(cycle.model, output)
+    return accuracy
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+def _dense_digest(cfg: CycleConfig) -> str | None:
+    """What a resume checks of ``dense_path``: its content, not where it lies (a sweep's trial
+    gets the same baseline at another temporary path on each attempt)."""
+    if cfg.dense_path is None:
+        return None
+    return hashlib.sha256(Path(cfg.dense_path).read_bytes()).hexdigest()
+
+
+def _restore(folder: Path, cfg: CycleConfig, model: nn.Module) -> tuple[int, CycleResult]:
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        phase, result = state["phase"], CycleResult.from_json(state["result"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"resume_from={str(folder)!r} is not a cycle checkpoint: {exc}") from None
+    mine = cfg.to_dict()
+    changed = sorted(k for k, v in mine.items() if k != "dense_path" and result.config.get(k) != v)
+    if (result.config.get("dense_path") is None) != (cfg.dense_path is None):
+        changed.append("dense_path")
+    elif cfg.dense_path is not None and state.get("dense_sha256") != _dense_digest(cfg):
+        changed.append("dense_path (its content)")
+    if changed:
+        raise ConfigError(f"resume_from={str(folder)!r} was made with other settings (differ: {changed})")
+    load_compressed(folder / MODEL_FILE, model)
+    return PHASES.index(phase), result
+
+
+def _load_dense(model: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"dense_path={str(path)!r} does not exist; give a .dcz or state-dict .pt file")
+    if path.suffix == ".dcz":
+        load_compressed(path, model)
+        return
+    try:  # weights_only: a state dict of tensors, never arbitrary pickled objects
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"dense_path={str(path)!r} is not a state dict for this model: {exc}") from None
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    for name, module in compressible_layers(model):
+        w = tensor(module, "weight").detach().cpu()
+        mask = structural_mask(module)
+        values = w[mask.cpu()] if mask is not None else w.reshape(-1)
+        if values.numel() > PLOT_SAMPLES:  # a histogram needs no 100M points
+            values = values[torch.randint(values.numel(), (PLOT_SAMPLES,), generator=gen)]
+        out[name] = values.clone()
+    return out

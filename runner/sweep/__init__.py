@@ -1,0 +1,9 @@
+"""What a sweep is, checked before Ray starts: the space as run, its name, the storage that holds
+it and the MLflow store it logs to. No Ray and no MLflow are imported here.
+"""
+
+from .places import default_storage, tracking_uri_for
+from .spec import Sweep, new_sweep, resume_sweep, space_as_run
+from .storage import Storage
+
+__all__ = ["Storage", "Sweep", "default_storage", "new_sweep", "resume_sweep", "space_as_run", "tracking_uri_for"]

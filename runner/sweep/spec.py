@@ -1,0 +1,197 @@
+"""What a sweep is, validated before Ray starts: its space, name, storage and tracking store.
+
+Storage layout (``--storage``: a path, or an ``s3://``/``gs://`` URI with a tracking server;
+default ``$DCSWEEP_STORAGE`` or ``~/dcsweep-runs``)::
+
+    mlflow.db                  the default MLflow store (one experiment per sweep)
+    mlartifacts/<sweep>/       its artifacts
+    baselines/<key>/model.dcz  dense baselines, keyed by model, data and training settings
+    sweeps/<sweep>/space.yaml  the space as run (smoke overrides and CLI resources applied)
+    sweeps/<sweep>/sweep.json  its sha256, the tracking URI and the smoke flag, for resuming
+    sweeps/<sweep>/tune/       Ray Tune's experiment: trials, checkpoints after each phase
+
+A sweep is opened one of two ways: :func:`new_sweep` (a name not yet in the storage) or
+:func:`resume_sweep` (a name that is, as it was started: its saved space, smoke flag and
+tracking URI). ``dcsweep run``, ``dcsweep run --resume`` and ``dcsweep resume`` all come here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dcsweep.runner.cycle import ConfigError, CycleConfig, DataError, load_dataset
+from dcsweep.runner.cycle.config import check_settings
+from dcsweep.runner.cycle.datasets import synthetic_stand_in
+from dcsweep.search_spaces import SearchSpace, SpaceError, load_space
+
+from .places import check_tracking_uri, tracking_uri_for
+from .storage import Storage
+
+log = logging.getLogger("dcsweep")
+BASELINE_FIELDS = ("model", "dataset", "data_root", "image_size", "epochs", "optimizer", "lr", "momentum",
+                   "weight_decay", "batch_size", "seed", "device")
+SMOKE_TRIALS = 3
+SPACE_FILE, SWEEP_FILE = "space.yaml", "sweep.json"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Everything a sweep needs, validated before Ray starts."""
+
+    name: str
+    space: SearchSpace
+    storage: Storage
+    tracking_uri: str
+    smoke: bool = False
+    address: str | None = None
+    resume: bool = False
+
+    @property
+    def folder(self) -> tuple[str, str]:
+        """The sweep's folder in the storage, as parts."""
+        return ("sweeps", self.name)
+
+
+def space_as_run(space_name: str | Path, smoke: bool = False, cpus: float | None = None,
+                 gpus: float | None = None) -> SearchSpace:
+    """The space a sweep would run: loaded and validated, CLI resources and smoke overrides
+    applied. Raises ConfigError."""
+    try:
+        space = load_space(space_name, check_settings)
+    except SpaceError as exc:
+        raise ConfigError(str(exc)) from None
+    if cpus is not None or gpus is not None:
+        space = replace(space, cpu=space.cpu if cpus is None else cpus, gpu=space.gpu if gpus is None else gpus)
+    return _smoke(space) if smoke else space
+
+
+def new_sweep(space: SearchSpace, name: str | None, storage: Storage, tracking_uri: str | None, smoke: bool,
+              address: str | None) -> Sweep:
+    """A sweep not yet in the storage (an existing name is refused, nothing touched)."""
+    name = sweep_name(space, name)
+    uri = tracking_uri_for(storage, tracking_uri)  # before the storage is touched: it may need none
+    if storage.exists("sweeps", name):
+        raise ConfigError(f"sweep {name!r} already exists in {storage}; give another --name, or "
+                          f"continue it with `dcsweep resume {name}`")
+    sweep = Sweep(name, space, storage, uri, smoke, address)
+    _check_places(sweep)
+    return sweep
+
+
+def resume_sweep(name: str | None, storage: Storage, tracking_uri: str | None, address: str | None,
+                 expect: SearchSpace | None = None) -> Sweep:
+    """The sweep ``name`` as it was started: its saved space, smoke flag and tracking URI
+    (``tracking_uri`` only when given explicitly). With ``expect`` (``run SPACE --resume``), that
+    space must be the one the sweep was started with."""
+    if not name:
+        raise ConfigError("--resume needs the sweep's --name")
+    space = _saved_space(storage, name)
+    if expect is not None and expect.to_dict() != space.to_dict():
+        differ = sorted(k for k, v in expect.to_dict().items() if space.to_dict().get(k) != v)
+        raise ConfigError(f"sweep {name!r} was started with another space (differ: {differ}); resume it "
+                          f"with `dcsweep resume {name}` or give a new --name")
+    meta = _saved_meta(storage, name)
+    uri = tracking_uri_for(storage, tracking_uri, saved=meta.get("tracking_uri"))
+    sweep = Sweep(name, space, storage, uri, bool(meta.get("smoke")), address, resume=True)
+    _check_places(sweep)
+    return sweep
+
+
+def saved_tracking_uri(storage: Storage, name: str) -> str | None:
+    """The tracking URI sweep ``name`` was started with, if the storage holds it."""
+    if not storage.exists("sweeps", name, SWEEP_FILE):
+        return None
+    try:
+        return _saved_meta(storage, name).get("tracking_uri")
+    except ConfigError:
+        return None
+
+
+def _saved_meta(storage: Storage, name: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(storage.read_text("sweeps", name, SWEEP_FILE))
+        if not isinstance(meta, dict) or not isinstance(meta.get("space_sha256"), str):
+            raise ValueError("it holds no space_sha256")
+        return meta
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{storage.uri('sweeps', name, SWEEP_FILE)} is unreadable ({exc}); this sweep cannot "
+                          f"be resumed") from None
+
+
+def _saved_space(storage: Storage, name: str) -> SearchSpace:
+    """The space a sweep was started with, checked against the digest taken then."""
+    where = f"{storage.uri('sweeps', name)}/"
+    if not storage.exists("sweeps", name, SPACE_FILE) or not storage.exists("sweeps", name, SWEEP_FILE):
+        names = [n for n in storage.folders("sweeps") if storage.exists("sweeps", n, SPACE_FILE)]
+        raise ConfigError(f"no sweep named {name!r} in {storage}; sweeps there: {names}")
+    digest = _saved_meta(storage, name)["space_sha256"]
+    text = storage.read_bytes("sweeps", name, SPACE_FILE)
+    if hashlib.sha256(text).hexdigest() != digest:
+        raise ConfigError(f"{where}{SPACE_FILE} no longer matches the space sweep {name!r} was started with "
+                          f"(its sha256 changed); restore the file or start a new sweep")
+    with tempfile.TemporaryDirectory() as tmp:  # the bytes just checked, wherever the storage is
+        path = Path(tmp, SPACE_FILE)
+        path.write_bytes(text)
+        try:
+            return load_space(path, check_settings)
+        except SpaceError as exc:
+            raise ConfigError(str(exc).replace(str(path), f"{where}{SPACE_FILE}")) from None
+
+
+def write_sweep_files(sweep: Sweep) -> None:
+    """space.yaml (the space as run) and sweep.json (its digest, the tracking URI, the smoke flag)."""
+    text = yaml.safe_dump(sweep.space.to_dict(), sort_keys=False)
+    sweep.storage.write_text(text, *sweep.folder, SPACE_FILE)
+    sweep.storage.write_text(json.dumps({
+        "space_sha256": hashlib.sha256(text.encode()).hexdigest(), "tracking_uri": sweep.tracking_uri,
+        "smoke": sweep.smoke, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1), *sweep.folder, SWEEP_FILE)
+
+
+def _check_places(sweep: Sweep) -> None:
+    """The tracking store is reachable and the storage writable, before anything starts."""
+    check_tracking_uri(sweep.tracking_uri)
+    sweep.storage.check_writable()
+
+
+def sweep_name(space: SearchSpace, name: str | None) -> str:
+    """The given name, checked, or SPACE-YYYYmmdd-HHMMSS."""
+    name = name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"--name={name!r} is not allowed; use letters, digits, '-', '_' and '.'")
+    return name
+
+
+def _smoke(space: SearchSpace) -> SearchSpace:
+    """Tiny epochs and a few trials; a data set that is not on disk becomes generated data of
+    the same shape (said in the log)."""
+    fixed = {**space.fixed, **space.smoke}
+    settings = CycleConfig.from_dict(fixed)
+    try:
+        load_dataset(settings.dataset, settings.data_root, False, settings.image_size)
+    except (DataError, OSError):
+        stand_in = synthetic_stand_in(settings.dataset, settings.image_size)
+        log.warning("smoke test: %s is not on disk; using generated data of the same shape (%s)",
+                    settings.dataset, stand_in)
+        fixed["dataset"] = stand_in
+        fixed.pop("data_root", None)
+    # two trials: the first swept setting's first two values, the others' first
+    swept = tuple(replace(d, values=d.values[: 2 if i == 0 else 1]) if d.kind in ("grid", "choice") else d
+                  for i, d in enumerate(space.swept))
+    samples = 1 if space.algorithm == "grid" else min(space.num_samples, SMOKE_TRIALS)
+    return replace(space, fixed=fixed, swept=swept, num_samples=samples)
+
+
+def baseline_key(settings: Mapping[str, Any]) -> str:
+    cfg = CycleConfig.from_dict(settings).to_dict()
+    blob = json.dumps({k: cfg[k] for k in BASELINE_FIELDS}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,125 @@
+"""The sweep storage: a local or shared path, or an object store (``s3://``, ``gs://``) reached
+through pyarrow's filesystems, as Ray Tune reaches it.
+
+Only small files go through here (the space, sweep.json, dense baselines); Tune writes its own
+experiment and checkpoints to ``uri(...)``. Credentials for object stores come from the usual
+environment (``AWS_*``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``AWS_ENDPOINT_URL`` for S3-compatible
+stores) and are never written anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from dcsweep.compression._files import write_atomic
+from dcsweep.runner.cycle import ConfigError
+
+SCHEMES = ("s3", "gs", "gcs", "file")
+
+
+class Storage:
+    """A root (a local path or a URI) and files under it, named by relative parts."""
+
+    def __init__(self, location: str | Path) -> None:
+        text = str(location)
+        scheme = text.split("://", 1)[0] if "://" in text else ""
+        if scheme and scheme not in SCHEMES:
+            raise ConfigError(f"--storage={text!r}: scheme {scheme!r} is not supported; use a path or one of "
+                              f"{[s + '://' for s in SCHEMES]}")
+        self.remote = scheme in ("s3", "gs", "gcs")
+        if self.remote:
+            self.root = text.rstrip("/")
+            self.local: Path | None = None
+        else:
+            self.local = Path(text.removeprefix("file://")).expanduser().resolve()
+            self.root = str(self.local)
+        self._fs: Any = None
+
+    def __str__(self) -> str:
+        return self.root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Storage) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    # -- names ----------------------------------------------------------------------------
+    def uri(self, *parts: str) -> str:
+        """Where ``parts`` are, as Ray Tune's ``storage_path`` takes it."""
+        return "/".join([self.root, *parts])
+
+    @property
+    def fs(self) -> Any:
+        return self._open()[0]
+
+    def _open(self) -> tuple[Any, str]:
+        """pyarrow's filesystem for the root, and the root's path in it (opened once)."""
+        if self._fs is None:
+            from pyarrow import fs
+
+            try:
+                self._fs, self._base = fs.FileSystem.from_uri(self.root)
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
+                raise ConfigError(f"--storage={self.root!r} cannot be opened: {str(exc).splitlines()[0]}") from None
+        return self._fs, self._base
+
+    def _remote(self, *parts: str) -> str:
+        return "/".join([self._open()[1], *parts])
+
+    # -- files ----------------------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        if self.local is not None:
+            return self.local.joinpath(*parts).exists()
+        from pyarrow import fs
+
+        return self.fs.get_file_info(self._remote(*parts)).type != fs.FileType.NotFound
+
+    def read_bytes(self, *parts: str) -> bytes:
+        if self.local is not None:
+            return self.local.joinpath(*parts).read_bytes()
+        with self.fs.open_input_stream(self._remote(*parts)) as f:
+            return f.read()
+
+    def read_text(self, *parts: str) -> str:
+        return self.read_bytes(*parts).decode()
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Whole or not at all: a local file is renamed into place, an object store's put is atomic."""
+        if self.local is not None:
+            path = self.local.joinpath(*parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data)
+            return
+        with self.fs.open_output_stream(self._remote(*parts)) as f:
+            f.write(data)
+
+    def write_text(self, text: str, *parts: str) -> None:
+        self.write_bytes(text.encode(), *parts)
+
+    def folders(self, *parts: str) -> list[str]:
+        """Names of the folders directly under ``parts`` (none if it does not exist)."""
+        if self.local is not None:
+            base = self.local.joinpath(*parts)
+            return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        from pyarrow import fs
+
+        infos = self.fs.get_file_info(fs.FileSelector(self._remote(*parts), allow_not_found=True))
+        return sorted(Path(i.path).name for i in infos if i.type == fs.FileType.Directory)
+
+    def check_writable(self) -> None:
+        """Write and delete a probe file; ConfigError (exit 2) when that fails."""
+        name = f".probe-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            self.write_bytes(b"", "sweeps", name)
+            if self.local is not None:
+                self.local.joinpath("sweeps", name).unlink()
+            else:
+                self.fs.delete_file(self._remote("sweeps", name))
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OSError locally, pyarrow's errors remotely
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+            raise ConfigError(f"storage {self.root} is not writable: {reason}") from None

@@ -1,0 +1,263 @@
+"""Resuming sweeps and surviving failures, through the real CLI in subprocesses (each starts its
+own local Ray), against a real SQLite MLflow store. Every process a test starts is ended by id."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dcsweep.runner.cli import main
+
+from ..helpers import (
+    SPACE,
+    child_runs,
+    children,
+    cli,
+    finish,
+    free_port,
+    front,
+    kill,
+    mlflow_server_command,
+    ours_in_temp,
+    served,
+    trial_rows,
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """A storage with the space file and the same sweep run once without interruption."""
+    folder = tmp_path_factory.mktemp("resume")
+    (folder / "space.yaml").write_text(SPACE)
+    storage = folder / "store"
+    with cli("run", str(folder / "space.yaml"), "--name", "whole", "--storage", str(storage), "--json") as proc:
+        whole = finish(proc)
+    return folder, storage, whole
+
+
+@pytest.mark.slow
+def test_sigkilled_sweep_resumes_without_losing_or_repeating_work(store) -> None:
+    folder, storage, whole = store
+    tune_dir = storage / "sweeps" / "cut" / "tune"
+    with cli("run", str(folder / "space.yaml"), "--name", "cut", "--storage", str(storage), "--json") as proc:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # kill once some trials finished and others run
+            rows = [trial_rows(d) for d in tune_dir.glob("trial_*")]
+            finished = sum(bool(r) and r[-1]["phase"] == "final" for r in rows)
+            if finished >= 2 and any(r and r[-1]["phase"] != "final" for r in rows):
+                break
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        pids = children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kill(pids)  # the local Ray instance it had started
+    uri = whole["tracking_uri"]
+    before = {r.data.tags["dcsweep.trial_id"]: r for r in child_runs(uri, "cut")}
+    done_before = {k: r.info.end_time for k, r in before.items() if r.info.status == "FINISHED"}
+    lines_before = {d.name: len(trial_rows(d)) for d in tune_dir.glob("trial_*")
+                    if trial_rows(d) and trial_rows(d)[-1]["phase"] == "final"}
+    assert done_before and len(done_before) < 6
+
+    with cli("resume", "cut", "--storage", str(storage), "--json") as proc:
+        resumed = finish(proc)
+
+    runs = child_runs(uri, "cut")
+    client = MlflowClient(uri)
+    assert len(runs) == 6 and {r.data.tags["dcsweep.trial_id"] for r in runs} >= set(before)
+    assert all(r.info.status == "FINISHED" for r in runs)  # none left RUNNING
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]
+        assert steps == [0, 1, 2, 3]  # every phase once
+        trial_id = run.data.tags["dcsweep.trial_id"]
+        if trial_id in done_before:  # finished before the kill: its run untouched
+            assert run.info.end_time == done_before[trial_id]
+    for name, count in lines_before.items():  # ... and the trial not rerun
+        assert len(trial_rows(tune_dir / name)) == count
+    for d in tune_dir.glob("trial_*"):  # an interrupted trial redid at most one phase
+        phases = [r["phase"] for r in trial_rows(d)]
+        assert phases[-1] == "final" and max(phases.count(p) for p in set(phases)) <= 2
+    assert front(resumed) == front(whole)  # same seeds, same front
+    assert len(resumed["trials"]) == 6
+
+
+def _faulted(store: tuple, name: str, fault: str) -> tuple[dict, Path]:
+    """The store's space run as sweep ``name`` with the test fault hook set to ``fault``; its
+    failed, killed and retried trials leave nothing in the temporary folder."""
+    folder, storage, _ = store
+    before = ours_in_temp()
+    with cli("run", str(folder / "space.yaml"), "--name", name, "--storage", str(storage), "--json",
+             env={"DCSWEEP_TEST_FAULT": fault}) as proc:
+        result = finish(proc)
+    assert ours_in_temp() - before == set()
+    return result, storage
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["raise", "kill"])
+def test_a_failed_trial_retries_from_its_last_checkpoint(store, tmp_path: Path, kind: str) -> None:
+    name = f"fault-{kind}"
+    result, storage = _faulted(store, name, f"{kind}:pruned:{tmp_path}:k=2")
+    whole = store[2]
+    assert len(list(tmp_path.iterdir())) == 3  # the three k=2 trials each failed once
+    assert not result["errors"] and len(result["trials"]) == 6
+    assert front(result) == front(whole)
+    for d in (storage / "sweeps" / name / "tune").glob("trial_*"):
+        # continued after "pruned", nothing redone (a worker killed right after reporting may
+        # take that report's row in Tune's log with it, never the checkpoint)
+        phases = [r["phase"] for r in trial_rows(d)]
+        assert phases[-1] == "final" and phases.count("dense") == 1 and phases.count("pruned") <= 1
+        assert phases.count("shared") == 1
+    runs = child_runs(result["tracking_uri"], name)
+    client = MlflowClient(result["tracking_uri"])
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_trial_that_keeps_failing_ends_failed_and_the_sweep_goes_on(store, tmp_path: Path) -> None:
+    result, _ = _faulted(store, "doomed", f"always:dense:{tmp_path}:sparsity=0.97")
+    assert len(result["errors"]) == 2 and len(result["trials"]) == 4
+    runs = child_runs(result["tracking_uri"], "doomed")
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(runs) == 6 and {r.data.params["sparsity"] for r in failed} == {"0.97"} and len(failed) == 2
+    assert all("injected fault" in r.data.tags["error"] for r in failed)
+
+
+@pytest.mark.slow
+def test_divergence_stops_only_that_trial(store, tmp_path: Path) -> None:
+    result, storage = _faulted(store, "div", f"diverge:pruned:{tmp_path}:sparsity=0.9")
+    runs = child_runs(result["tracking_uri"], "div")
+    diverged = [r for r in runs if r.info.status == "FAILED"]
+    assert len(runs) == 6 and {r.data.params["sparsity"] for r in diverged} == {"0.9"} and len(diverged) == 2
+    assert all("loss became nan" in r.data.tags["error"] for r in diverged)
+    stopped = list((storage / "sweeps" / "div" / "tune").glob("trial_*sparsity=0.9000*"))
+    assert len(stopped) == 2
+    for d in stopped:
+        assert [r["phase"] for r in trial_rows(d)] == ["dense", "pruned", "diverged"]  # stopped, never retried
+    assert sorted({t["params"]["sparsity"] for t in result["trials"]}) == ["0.5", "0.97"]
+
+
+# -- bad input: exit 2, one line, nothing touched -------------------------------------------
+
+def _exit2(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("dcsweep: error:")
+    return err
+
+
+def test_a_malformed_test_fault_hook_is_refused(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DCSWEEP_TEST_FAULT", "explode:pruned:relative/dir")
+    err = _exit2(capsys, "run", "--storage", str(tmp_path))
+    assert "DCSWEEP_TEST_FAULT='explode:pruned:relative/dir' is not allowed" in err and "KIND one of" in err
+
+
+def test_resuming_an_unknown_sweep_is_refused(capsys, tmp_path: Path) -> None:
+    assert "no sweep named 'nope'" in _exit2(capsys, "resume", "nope", "--storage", str(tmp_path))
+    assert "needs the sweep's --name" in _exit2(capsys, "run", "--resume", "--storage", str(tmp_path))
+
+
+def test_resuming_with_a_changed_space_is_refused(store, capsys) -> None:
+    folder, storage, _ = store
+    saved = storage / "sweeps" / "whole" / "space.yaml"
+    text = saved.read_text()
+    other = folder / "other.yaml"
+    other.write_text(SPACE.replace("k: {grid: [2, 16]}", "k: {grid: [2, 32]}"))
+    before = sorted((p, p.stat().st_mtime_ns) for p in storage.rglob("*") if p.is_file())
+    assert "another space (differ: ['swept'])" in _exit2(
+        capsys, "run", str(other), "--name", "whole", "--resume", "--storage", str(storage))
+    try:
+        saved.write_text(text.replace("0.97", "0.98"))
+        assert "no longer matches" in _exit2(capsys, "resume", "whole", "--storage", str(storage))
+    finally:
+        saved.write_text(text)
+    after = sorted((p, p.stat().st_mtime_ns) for p in storage.rglob("*") if p.is_file() and p != saved)
+    assert after == [b for b in before if b[0] != saved]
+
+
+def test_unreachable_tracking_server_and_unwritable_storage_are_refused(capsys, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = _exit2(capsys, "run", "--storage", str(tmp_path), "--tracking-uri", f"http://127.0.0.1:{port}")
+    assert "does not answer" in err and not (tmp_path / "sweeps").exists()
+    (tmp_path / "file").write_text("")
+    assert "is not writable" in _exit2(capsys, "run", "--storage", str(tmp_path / "file" / "store"))
+    err = _exit2(capsys, "run", "--storage", str(tmp_path), "--tracking-uri", "http://me:pw@127.0.0.1:1")
+    assert "must not carry credentials" in err and "pw" not in err
+    assert "scheme 'ftp' is not supported" in _exit2(capsys, "run", "--storage", "ftp://host/runs")
+    assert "cannot hold the default SQLite" in _exit2(capsys, "run", "--storage", "s3://bucket/runs")
+    assert not Path("s3:").exists() and not Path("ftp:").exists()
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_goes_away_mid_sweep(store, tmp_path: Path) -> None:
+    folder, storage, whole = store
+    port = free_port()
+    server = mlflow_server_command(tmp_path, port)
+    tune_dir = storage / "sweeps" / "outage" / "tune"
+    with contextlib.ExitStack() as stack:
+        with served(server, port, stop=signal.SIGKILL) as url:  # an outage, not a graceful stop
+            proc = stack.enter_context(cli("run", str(folder / "space.yaml"), "--name", "outage", "--storage",
+                                            str(storage), "--tracking-uri", url, "--json"))
+            deadline = time.monotonic() + 300
+            while not any(r and r[-1]["phase"] == "final" for r in map(trial_rows, tune_dir.glob("trial_*"))):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        result = finish(proc)  # the server went away: the sweep still finished
+    assert result["mlflow_pending"] and len(result["trials"]) == 6 and front(result) == front(whole)
+    with served(server, port) as url, cli("resume", "outage", "--storage", str(storage), "--json") as proc:
+        resumed = finish(proc)  # the sweep's own tracking URI, from its sweep.json
+        runs = child_runs(url, "outage")
+        client = MlflowClient(url)
+        assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+        for run in runs:
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [0, 1, 2, 3]
+            assert {"model.dcz", "layers.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert not resumed.get("mlflow_pending") and front(resumed) == front(whole)
+
+
+def _kill_after(proc: subprocess.Popen, tune_dir: Path, finished: int) -> None:
+    """SIGKILL ``dcsweep`` and the Ray it started once ``finished`` trials have finished."""
+    deadline = time.monotonic() + 300
+    while sum(bool(r) and r[-1]["phase"] == "final" for r in map(trial_rows, tune_dir.glob("trial_*"))) < finished:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    pids = children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kill(pids)
+
+
+@pytest.mark.slow
+def test_both_ways_of_resuming_log_to_the_sweeps_own_tracking_server(store, mlflow_server) -> None:
+    """Started against a tracking server, killed, continued with `run --resume`, killed again,
+    continued with `resume`: every run lands in the server, none in the local store."""
+    folder, storage, whole = store
+    url, _ = mlflow_server
+    tune_dir = storage / "sweeps" / "served" / "tune"
+    args = ("--name", "served", "--storage", str(storage), "--json")
+    with cli("run", str(folder / "space.yaml"), *args, "--tracking-uri", url) as proc:
+        _kill_after(proc, tune_dir, 2)
+    assert 2 <= len(child_runs(url, "served")) < 6
+    with cli("run", str(folder / "space.yaml"), *args, "--resume") as proc:
+        _kill_after(proc, tune_dir, 4)
+    with cli("resume", "served", "--storage", str(storage), "--json") as proc:
+        resumed = finish(proc)
+    assert resumed["tracking_uri"] == url and front(resumed) == front(whole)
+    runs = child_runs(url, "served")
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    local = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    assert local.get_experiment_by_name("served") is None  # nothing went to the storage's own store

@@ -1,0 +1,224 @@
+"""Sweeps end to end on a real local Ray instance and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dcsweep.compression import load_compressed
+from dcsweep.runner.adapters.driver import run_sweep
+from dcsweep.runner.cli import main
+from dcsweep.runner.cycle.pareto import pareto_mask
+from dcsweep.runner.sweep import Storage, new_sweep, space_as_run
+from dcsweep.search_spaces import list_spaces
+
+from ..helpers import free_port, ours_in_temp, served
+
+SPACE = """
+name: tiny
+fixed: {model: lenet300, dataset: digits, epochs: 3, prune_steps: 1, prune_epochs: 2, share_epochs: 1}
+swept:
+  sparsity: {grid: [0.5, 0.9, 0.97]}
+  k: {grid: [2, 16]}
+search: {algorithm: grid, max_concurrent: 2}
+resources: {cpu: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(ray_local, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, set[str]]:
+    """The tiny sweep, run once; and what it left in the workers' temporary folder."""
+    folder = tmp_path_factory.mktemp("sweep")
+    (folder / "tiny.yaml").write_text(SPACE)
+    sweep = new_sweep(space_as_run(folder / "tiny.yaml"), "tiny-1", Storage(folder / "store"), None, False, None)
+    before = ours_in_temp()
+    return run_sweep(sweep), folder, ours_in_temp() - before
+
+
+def test_trials_leave_nothing_in_the_temp_folder(swept) -> None:
+    _, _, left = swept
+    assert left == set()
+
+
+def test_every_trial_lands_in_mlflow(swept) -> None:
+    result, folder, _ = swept
+    client = MlflowClient(result["tracking_uri"])
+    exp = client.get_experiment_by_name("tiny-1")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("dcsweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("dcsweep.role") == "child"]
+    assert len(parents) == 1 and len(children) == 6 and not result["errors"]
+    assert all(r.info.status == "FINISHED" for r in runs)  # nothing left RUNNING
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    grid = {(r.data.params["sparsity"], r.data.params["k"]) for r in children}
+    assert grid == {(s, k) for s in ("0.5", "0.9", "0.97") for k in ("2", "16")}
+    for run in children:
+        assert {"model", "dataset", "epochs", "lr", "seed", "init", "coder"} <= set(run.data.params)
+        assert {"accuracy_dense", "accuracy_pruned", "accuracy_shared", "sparsity", "compressed_bytes",
+                "dense_bytes", "compression_ratio", "seconds_dense", "seconds_total"} <= set(run.data.metrics)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]
+        assert steps == [0, 1, 2, 3]  # one per phase, none twice
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"pareto.csv", "pareto.png"}
+
+
+def test_pareto_tags_match_an_independent_front(swept) -> None:
+    result, _, _ = swept
+    client = MlflowClient(result["tracking_uri"])
+    exp = client.get_experiment_by_name("tiny-1")
+    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("dcsweep.role") == "child"]
+    points = [(r.data.metrics["accuracy"], r.data.metrics["compressed_bytes"]) for r in children]
+    for run, (acc, size) in zip(children, points, strict=True):
+        dominated = any(a >= acc and s <= size and (a > acc or s < size) for a, s in points)
+        assert run.data.tags["pareto_optimal"] == ("false" if dominated else "true")
+    assert pareto_mask([0.9, 0.8, 0.9], [10, 5, 12]) == [True, True, False]
+
+
+def test_artifacts_are_real_files(swept, tmp_path: Path) -> None:
+    result, _, _ = swept
+    client = MlflowClient(result["tracking_uri"])
+    best = max(result["trials"], key=lambda t: t["accuracy"])
+    local = Path(client.download_artifacts(best["run_id"], "", str(tmp_path)))
+    assert {"model.dcz", "layers.json", "plots"} <= {p.name for p in local.iterdir()}
+    model = load_compressed(local / "model.dcz")
+    assert model is not None and (local / "model.dcz").stat().st_size == best["compressed_bytes"]
+    assert json.loads((local / "layers.json").read_text())[0]["name"] == "fc1.bias"
+
+
+def test_dense_baseline_trained_once_and_reused(swept, ray_local) -> None:
+    result, folder, _ = swept
+    baselines = list((folder / "store" / "baselines").iterdir())
+    assert len(baselines) == 1 and (baselines[0] / "model.dcz").is_file()
+    dense = {t["params"]["dense_path"] for t in result["trials"]}
+    assert dense == {str(baselines[0] / "model.dcz")}
+    client = MlflowClient(result["tracking_uri"])
+    accuracies = {client.get_run(t["run_id"]).data.metrics["accuracy_dense"] for t in result["trials"]}
+    assert len(accuracies) == 1  # every trial starts from the same dense model
+    before = (baselines[0] / "model.dcz").stat().st_mtime_ns
+    again = run_sweep(new_sweep(space_as_run(folder / "tiny.yaml", smoke=True), "tiny-2", Storage(folder / "store"),
+                                None, True, None))
+    assert {t["params"]["dense_path"] for t in again["trials"]} == dense
+    assert (baselines[0] / "model.dcz").stat().st_mtime_ns == before
+
+
+def test_existing_name_is_refused_and_nothing_touched(swept, capsys) -> None:
+    result, folder, _ = swept
+    store = folder / "store"
+    listing = sorted(p.relative_to(store) for p in store.rglob("*"))
+    runs_before = len(MlflowClient(result["tracking_uri"]).search_runs(
+        [MlflowClient(result["tracking_uri"]).get_experiment_by_name("tiny-1").experiment_id]))
+    code = main(["run", str(folder / "tiny.yaml"), "--name", "tiny-1", "--storage", str(store)])
+    assert code == 2 and "sweep 'tiny-1' already exists" in capsys.readouterr().err
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == listing
+    client = MlflowClient(result["tracking_uri"])
+    assert len(client.search_runs([client.get_experiment_by_name("tiny-1").experiment_id])) == runs_before
+
+
+def test_pareto_command_reads_mlflow(swept, capsys) -> None:
+    result, folder, _ = swept
+    assert main(["pareto", "tiny-1", "--storage", str(folder / "store"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["name"] == "tiny-1" and len(out["trials"]) == 6
+    assert {"run_id", "params", "accuracy", "compressed_bytes", "ratio", "pareto_optimal"} <= set(out["trials"][0])
+    assert sum(t["pareto_optimal"] for t in out["trials"]) == sum(t["pareto_optimal"] for t in result["trials"])
+    assert main(["pareto", "nope", "--storage", str(folder / "store")]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space", list_spaces())
+def test_built_in_space_smoke_test(space: str, ray_local, tmp_path: Path, capsys) -> None:
+    code = main(["run", space, "--smoke-test", "--storage", str(tmp_path), "--name", "smoke", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    out = json.loads(captured.out)
+    assert len(out["trials"]) == 2 and not out["errors"]
+    assert any(t["pareto_optimal"] for t in out["trials"])
+
+
+def test_trials_no_node_can_hold_are_refused(swept, capsys, tmp_path: Path) -> None:
+    _, folder, _ = swept
+    code = main(["run", str(folder / "tiny.yaml"), "--storage", str(tmp_path / "s"), "--name", "big",
+                 "--cpus-per-trial", "64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "trials ask for 64 CPU and 0 GPU, but the largest node has 2 CPU" in err
+    assert not (tmp_path / "s" / "sweeps" / "big").exists()
+    code = main(["run", "lenet300-digits", "--storage", str(tmp_path / "s"), "--gpus-per-trial", "-1"])
+    assert code == 2 and "--gpus-per-trial=-1.0 is not allowed" in capsys.readouterr().err
+
+
+def test_ui_needs_a_store(capsys, tmp_path: Path) -> None:
+    assert main(["ui", "--storage", str(tmp_path)]) == 2
+    assert "no sweep store at sqlite:///" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_on_loopback(swept) -> None:
+    import sys
+
+    _, folder, _ = swept
+    port = free_port()
+    exe = Path(sys.executable).parent / "dcsweep"
+    with served([str(exe), "ui", "--storage", str(folder / "store"), "--port", str(port)], port, 90) as url:
+        assert url == f"http://127.0.0.1:{port}"  # healthy on loopback
+
+
+@pytest.mark.slow
+def test_sweep_against_a_tracking_server(ray_local, mlflow_server, tmp_path: Path, capsys) -> None:
+    url, artifacts = mlflow_server
+    (tmp_path / "two.yaml").write_text(SPACE.replace("[0.5, 0.9, 0.97]", "[0.9]"))
+    code = main(["run", str(tmp_path / "two.yaml"), "--name", "served", "--storage", str(tmp_path / "store"),
+                 "--tracking-uri", url, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(out["trials"]) == 2
+    assert not (tmp_path / "store" / "mlflow.db").exists()  # nothing went to the local default
+    client = MlflowClient(url)
+    exp = client.get_experiment_by_name("served")
+    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("dcsweep.role") == "child"]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    names = {a.path for a in client.list_artifacts(children[0].info.run_id)}
+    assert {"model.dcz", "layers.json", "plots"} <= names
+    stored = list(artifacts.rglob("model.dcz"))
+    assert len(stored) == 2  # the server holds the artifacts, proxied through HTTP
+    local = client.download_artifacts(children[0].info.run_id, "model.dcz", str(tmp_path))
+    assert load_compressed(local) is not None
+    assert main(["pareto", "served", "--tracking-uri", url]) == 0
+
+
+@pytest.mark.slow
+def test_multi_objective_optuna_optimises_both(ray_local, tmp_path: Path, capsys) -> None:
+    """NSGA-II through Tune's OptunaSearch gets both objectives of every finished trial."""
+    import optuna
+
+    (tmp_path / "mo.yaml").write_text("""
+name: mo
+fixed: {model: lenet300, dataset: digits, epochs: 3, prune_steps: 1, prune_epochs: 2, share_epochs: 1}
+swept:
+  sparsity: {uniform: [0.5, 0.98]}
+  k: {choice: [2, 4, 16, 32]}
+search: {algorithm: optuna, num_samples: 6, max_concurrent: 2, seed: 0}
+resources: {cpu: 1}
+""")
+    seen: list[optuna.study.Study] = []
+    original = optuna.study.create_study  # what OptunaSearch calls
+
+    def spy(*args, **kwargs):
+        study = original(*args, **kwargs)
+        seen.append(study)
+        return study
+
+    optuna.study.create_study = spy
+    try:
+        code = main(["run", str(tmp_path / "mo.yaml"), "--name", "mo", "--storage", str(tmp_path), "--json"])
+    finally:
+        optuna.study.create_study = original
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(out["trials"]) == 6
+    study = seen[-1]
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 6 and all(len(t.values) == 2 for t in done)
+    by_size = {t["compressed_bytes"]: t["accuracy"] for t in out["trials"]}
+    assert sorted(v[1] for v in (t.values for t in done)) == sorted(by_size)  # Optuna saw the real sizes
+    assert len(study.best_trials) >= 1  # a Pareto set, not a single best

@@ -1,0 +1,121 @@
+"""The sweep storage on a local path and on S3: a real S3 API (moto's server on 127.0.0.1) reached
+through pyarrow, as Ray Tune reaches it, with the endpoint and keys from the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dcsweep.runner.cycle import ConfigError
+from dcsweep.runner.sweep import Storage
+
+from ..helpers import SPACE, cli, finish
+
+BUCKET = "dcsweep-test"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """moto's S3 server on 127.0.0.1 with one bucket; the environment a client needs for it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(env["AWS_ENDPOINT_URL"], timeout=2).close()
+                break
+            assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
+            time.sleep(0.3)
+        import boto3
+
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+        yield env
+    finally:
+        os.killpg(server.pid, 9)
+        server.wait()
+
+
+@pytest.fixture()
+def s3_env(s3: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for key, value in s3.items():
+        monkeypatch.setenv(key, value)
+    return s3
+
+
+def _keys(env: dict[str, str], prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_files_round_trip(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if where == "s3":
+        request.getfixturevalue("s3_env")
+    storage = Storage(tmp_path / "store" if where == "local" else f"s3://{BUCKET}/unit-{os.getpid()}")
+    assert not storage.exists("sweeps", "a", "space.yaml") and storage.folders("sweeps") == []
+    storage.write_text("name: a\n", "sweeps", "a", "space.yaml")
+    storage.write_bytes(b"\x00\x01", "baselines", "k", "model.dcz")
+    storage.check_writable()
+    assert storage.read_text("sweeps", "a", "space.yaml") == "name: a\n"
+    assert storage.read_bytes("baselines", "k", "model.dcz") == b"\x00\x01"
+    assert storage.exists("sweeps", "a") and storage.folders("sweeps") == ["a"]  # the probe left nothing
+    assert storage.uri("sweeps", "a").endswith("/sweeps/a")
+
+
+def test_bad_storages_are_config_errors(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is not writable"):
+        Storage(tmp_path / "file" / "store").check_writable()
+    with pytest.raises(ConfigError, match="scheme 'ftp' is not supported"):
+        Storage("ftp://host/x")
+    assert Storage(f"file://{tmp_path}").local == tmp_path.resolve()
+
+
+@pytest.mark.slow
+def test_a_sweep_on_s3(s3: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text(SPACE.replace("k: {grid: [2, 16]}", "k: {grid: [16]}")
+                                         .replace("[0.5, 0.9, 0.97]", "[0.5, 0.9]"))
+    storage, uri = f"s3://{BUCKET}/runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ("--name", "on-s3", "--storage", storage, "--tracking-uri", uri, "--json")
+    with cli("run", str(tmp_path / "space.yaml"), *args, env=s3) as proc:
+        result = finish(proc)
+    assert not result["errors"] and len(result["trials"]) == 2 and result["storage"] == storage
+    keys = _keys(s3, "runs/")
+    assert {"runs/sweeps/on-s3/space.yaml", "runs/sweeps/on-s3/sweep.json"} <= set(keys)
+    assert any(k.startswith("runs/baselines/") and k.endswith("/model.dcz") for k in keys)
+    assert any(k.startswith("runs/sweeps/on-s3/tune/") and "experiment_state" in k for k in keys)
+    assert any(k.startswith("runs/sweeps/on-s3/tune/trial_") and "checkpoint_" in k for k in keys)
+    assert sum(k.startswith("runs/mlartifacts/on-s3/") and k.endswith("model.dcz") for k in keys) == 2
+    assert not Path("s3:").exists()
+    runs = [r for r in MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("on-s3").experiment_id])]
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+
+    with cli("run", str(tmp_path / "space.yaml"), *args, env=s3) as proc:  # the name exists: refused
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "already exists" in err
+    with cli("resume", "on-s3", "--storage", storage, "--json", env=s3) as proc:  # nothing left to run
+        resumed = finish(proc)
+    assert json.dumps(sorted(t["run_id"] for t in resumed["trials"])) == json.dumps(
+        sorted(t["run_id"] for t in result["trials"]))
