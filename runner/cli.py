@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -250,10 +251,12 @@ def _drive(sweep: Sweep) -> dict[str, Any]:
     import torch  # noqa: F401 - load libtorch before Ray's workers and loggers do (see pitfalls)
 
     from .adapters.driver import run_sweep
+    from .sweep.lease import hold
     from .sweep.places import default_tracking_uri
 
     log.info("dcsweep from %s", Path(__file__).parents[1])  # which copy runs: a job's is shipped
-    with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own banners: stdout stays JSON
+    # one driver per sweep, from before anything is written until the end
+    with hold(sweep.storage, sweep.name), contextlib.redirect_stdout(sys.stderr):  # stdout stays JSON
         result = run_sweep(sweep)
 
     if sweep.storage.local and sweep.tracking_uri == default_tracking_uri(sweep.storage):
@@ -346,6 +349,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except DivergedError as exc:
         print(f"dcsweep: failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - any failure while running: its traceback, then its cause
+        traceback.print_exc()
+        cause = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"dcsweep: failed: {type(exc).__name__}: {cause}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result))

@@ -30,6 +30,9 @@ from typing import Any, NoReturn
 import yaml
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+#: A space file is a few hundred bytes; these bound what an untrusted one can make us hold.
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000  # values after YAML aliases are expanded (a 590-byte alias bomb expands to billions)
 ALGORITHMS = ("grid", "random", "optuna")
 TOP_KEYS = ("name", "description", "fixed", "swept", "search", "resources", "max_failures", "smoke")
 
@@ -90,6 +93,7 @@ def load_space(name_or_path: str | Path,
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpaceError(f"{source}: not valid YAML: {exc}".replace("\n", " ")) from None
+    _check_size(raw, source)
     space = _parse(raw, source)
     if check_settings is not None:
         _check_values(space, check_settings)
@@ -101,12 +105,36 @@ def _read(name: str) -> tuple[str, str]:
         path = resources.files(__name__) / f"{name}.yaml"
         return path.read_text(), f"built-in space {name!r}"
     if name.endswith((".yaml", ".yml")) or "/" in name:
-        path = Path(name)
-        if not path.is_file():
+        file = Path(name)
+        if not file.is_file():
             raise SpaceError(f"search space file {name} does not exist")
-        return path.read_text(), str(path)
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise SpaceError(f"{file}: {file.stat().st_size} bytes is not allowed; a space file must be at most "
+                             f"{MAX_FILE_BYTES} bytes")
+        try:
+            return file.read_bytes().decode("utf-8"), str(file)
+        except UnicodeDecodeError as exc:
+            raise SpaceError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     raise SpaceError(f"unknown search space {name!r}; built-in spaces: {', '.join(list_spaces())} "
                      f"(or a path to a .yaml file)")
+
+
+def _check_size(raw: Any, source: str) -> None:
+    """Refuse a document whose values, once YAML's aliases are expanded, exceed MAX_NODES:
+    it is a few bytes on disk, but every later copy or print of it would be gigabytes."""
+    todo, seen, chars = [raw], 0, 0
+    while todo:
+        node = todo.pop()
+        seen += 1
+        chars += len(node) if isinstance(node, str) else 0
+        if seen > MAX_NODES or chars > MAX_FILE_BYTES:
+            raise SpaceError(f"{source}: the document expands to more than {MAX_NODES} values or {MAX_FILE_BYTES} "
+                             f"characters (YAML aliases?); a space must be smaller")
+        if isinstance(node, dict):
+            todo.extend(node.keys())
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
 
 
 def _fail(source: str, where: str, value: Any, allowed: str) -> NoReturn:
@@ -149,7 +177,8 @@ def _parse(raw: Any, source: str) -> SearchSpace:
     if unknown:
         raise SpaceError(f"{source}: unknown resources key(s) {unknown}; valid: cpu, gpu")
     space = SearchSpace(
-        name=name, source=source, description=str(top.get("description", "")), fixed=fixed, swept=swept,
+        name=name, source=source, description=_text(source, "description", top.get("description", "")),
+        fixed=fixed, swept=swept,
         algorithm=algorithm, num_samples=_int(source, "search.num_samples", search.get("num_samples", 1), 1),
         max_concurrent=_int(source, "search.max_concurrent", search.get("max_concurrent", 2), 1),
         seed=_int(source, "search.seed", search.get("seed", 0), 0),
@@ -158,6 +187,12 @@ def _parse(raw: Any, source: str) -> SearchSpace:
         max_failures=_int(source, "max_failures", top.get("max_failures", 2), 0),
         smoke=_mapping(source, top.get("smoke"), "smoke"))
     return space
+
+
+def _text(source: str, where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        _fail(source, where, value, "a string")
+    return value
 
 
 def _int(source: str, where: str, value: Any, lo: int) -> int:
@@ -195,7 +230,11 @@ def _check_values(space: SearchSpace, check: Callable[[dict[str, Any]], object])
     base = dict(space.fixed)
     cases: list[tuple[str, dict[str, Any]]] = [("fixed", base)]
     for dim in space.swept:
-        corners = dim.values if dim.kind != "randint" else (dim.values[0], dim.values[1] - 1)
+        corners = dim.values
+        if dim.kind == "randint":  # integers in [low, high)
+            corners = (dim.values[0], dim.values[1] - 1)
+        elif dim.kind in ("uniform", "loguniform"):  # floats, whatever the bounds were written as
+            corners = (float(dim.values[0]), float(dim.values[1]))
         cases += [(f"swept.{dim.name}", {**base, dim.name: v}) for v in corners]
     cases.append(("smoke", {**base, **space.smoke}))
     for where, settings in cases:

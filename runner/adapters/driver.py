@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray import tune
 
-from dcsweep.runner.cycle import FINAL, Trial
+from dcsweep.runner.cycle import DIVERGED, FINAL, Trial
 from dcsweep.runner.cycle.pareto import mark_front
 from dcsweep.runner.cycle.results import RATIO_METRIC
 from dcsweep.runner.sweep import Sweep
 from dcsweep.runner.sweep.spec import write_sweep_files
 from dcsweep.search_spaces import SearchSpace
 
-from .env import set_driver_defaults
+from .env import keep_secrets_out_of_runtime_env, set_driver_defaults
 from .nodes import check_shared_storage, fit_resources, start_baseline
 from .trainable import trial
 
@@ -56,17 +56,20 @@ def param_space(space: SearchSpace) -> dict[str, Any]:
 def run_sweep(sweep: Sweep) -> dict[str, Any]:
     """Run (or, with ``sweep.resume``, continue) the sweep; the JSON of ``dcsweep run``."""
     set_driver_defaults()
+    keep_secrets_out_of_runtime_env()
     started_here = not ray.is_initialized()
     with ThreadPoolExecutor(2, thread_name_prefix="dcsweep") as pool:
-        # importing MLflow and creating a new store's tables take seconds; Ray starts meanwhile
-        client = pool.submit(_mlflow_client, sweep.tracking_uri)
+        # Importing MLflow and creating a new store's tables take seconds: for a local sweep
+        # (every check already done) Ray starts meanwhile; a cluster's checks come first.
+        client = None if sweep.address else pool.submit(_mlflow_client, sweep.tracking_uri)
         if started_here:  # "local": never join a cluster some earlier `ray start` left behind
             ray.init(address=sweep.address or "local", include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=False, num_cpus=None if sweep.address else os.cpu_count())
         try:
-            # a trial no node can hold is refused before anything is written
-            sweep = fit_resources(sweep)
-            check_shared_storage(sweep)
+            if client is None:  # a cluster: a trial no node can hold, a storage some node cannot see
+                sweep = fit_resources(sweep)
+                check_shared_storage(sweep)
+                client = pool.submit(_mlflow_client, sweep.tracking_uri)
             tracker, outcome, results = _run(sweep, client, pool)
             # the parent's pareto.csv/png are drawn while Ray's processes stop
             trials = pool.submit(_final_trials, tracker, sweep, results, outcome)
@@ -88,23 +91,22 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
     from .callbacks import MlflowCallback, ProgressCallback, register_tracker, sync_results
     from .tracking import SweepTracker
 
-    if not sweep.resume:
-        write_sweep_files(sweep)
-    baseline = start_baseline(sweep, pool)
-    # a local store keeps artifacts beside it; a tracking server decides (and serves) its own
-    local = sweep.tracking_uri.startswith(("sqlite:", "file:"))
+    # the tracking store first: one MLflow cannot use fails the sweep before anything is written
+    local = sweep.tracking_uri.startswith(("sqlite:", "file:"))  # keeps artifacts beside it; a server its own
     artifacts = (sweep.storage.local / "mlartifacts").as_uri() if sweep.storage.local else sweep.storage.uri(
         "mlartifacts")
     tracker = SweepTracker(client.result(), sweep.name, artifacts if local else None,
                            params={"space": sweep.space.name, "algorithm": sweep.space.algorithm,
                                    "smoke_test": sweep.smoke})
+    if not sweep.resume:
+        write_sweep_files(sweep)
+    baseline = start_baseline(sweep, pool)
     register_tracker(tracker)
     callbacks = [MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space)]
     try:
-        trainable: Any = trial
-        if baseline is not None:
-            # in a list: Ray refuses to put an ObjectRef itself, but keeps one nested
-            trainable = tune.with_parameters(trial, baseline=[baseline.key, baseline.ref])
+        # the baseline in a list: Ray refuses to put an ObjectRef itself, but keeps one nested
+        trainable = tune.with_parameters(trial, baseline=None if baseline is None else [baseline.key, baseline.ref],
+                                         swept=tuple(d.name for d in sweep.space.swept))
         trainable = tune.with_resources(trainable, {"cpu": sweep.space.cpu, "gpu": sweep.space.gpu})
         path = sweep.storage.uri(*sweep.folder, "tune")
         if sweep.resume and tune.Tuner.can_restore(path):
@@ -124,6 +126,8 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
         if baseline is not None:
             baseline.stored.result()  # a failed baseline fails the sweep with its own error
         errors = [str(r.error) for r in _each(results) if r.error is not None]
+        errors += [f"trial {r.metrics.get('trial_id')} stopped: {r.metrics.get('error')}" for r in _each(results)
+                   if r.error is None and r.metrics and r.metrics.get("phase") == DIVERGED]
         try:
             sync_results(tracker, sweep.space, results)
             tracker.finish("FAILED" if errors and len(errors) == len(results) else "FINISHED")
@@ -131,6 +135,8 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
             log.warning("MLflow is unreachable at the end of the sweep (%s); `dcsweep resume %s` logs the "
                         "results kept in the sweep storage", str(exc).splitlines()[0][:200], sweep.name)
     except BaseException:
+        if baseline is not None:
+            baseline.abandon()
         with contextlib.suppress(Exception):
             tracker.finish("FAILED")
         raise

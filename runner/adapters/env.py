@@ -31,6 +31,24 @@ def set_driver_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+#: Credentials Ray Tune copies from the driver's environment into every trainable's runtime
+#: environment, which Ray then writes in clear to its world-readable session logs
+#: (runtime_env_agent.log). Workers need not get them that way: a local Ray's workers inherit
+#: the driver's environment, a cluster's nodes have their own (a secret, an instance profile).
+TUNE_PROPAGATED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+def keep_secrets_out_of_runtime_env() -> None:
+    """Stop Ray Tune (2.x: ``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``) from putting
+    cloud credentials into trainables' runtime environments. The planted-secret test searches
+    every file of Ray's session for them."""
+    from ray.tune.execution import class_cache
+
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, set):
+        propagated.difference_update(TUNE_PROPAGATED_SECRETS)
+
+
 def use_ray_token() -> None:
     """Ray 2.60 clusters authenticate every client with a token, but a client only sends one
     when RAY_AUTH_MODE says so: when the user has a token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or

@@ -3,6 +3,7 @@ storage every node sees, and the dense baseline trained once in a reserved slot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 
 from dcsweep.runner.cycle import ConfigError, CycleConfig
 from dcsweep.runner.cycle.results import MODEL_FILE
-from dcsweep.runner.sweep import Sweep
+from dcsweep.runner.sweep import Sweep, places
 from dcsweep.runner.sweep.spec import BASELINE_FIELDS, baseline_key
 
 from .trainable import baseline_task
@@ -27,21 +28,12 @@ log = logging.getLogger("dcsweep")
 
 
 def fit_resources(sweep: Sweep) -> Sweep:
-    """Refuse trials that no node can hold, before any starts; a smoke test shrinks them to fit."""
-
+    """Trials that no node of the cluster can hold are refused before any starts (a local
+    sweep was checked before Ray started); a smoke test shrinks them to fit."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
     gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
-    space = sweep.space
-    if space.cpu <= cpu and space.gpu <= gpu:
-        return sweep
-    if sweep.smoke:
-        fitted = replace(space, cpu=min(space.cpu, max(cpu, 1.0)), gpu=min(space.gpu, gpu))
-        log.warning("smoke test: trials ask for %g CPU and %g GPU; the largest node has %g and %g, so each "
-                    "trial gets %g CPU and %g GPU", space.cpu, space.gpu, cpu, gpu, fitted.cpu, fitted.gpu)
-        return replace(sweep, space=fitted)
-    raise ConfigError(f"trials ask for {space.cpu:g} CPU and {space.gpu:g} GPU, but the largest node has "
-                      f"{cpu:g} CPU and {gpu:g} GPU; pass --cpus-per-trial/--gpus-per-trial or use a bigger cluster")
+    return replace(sweep, space=places.fit_resources(sweep.space, sweep.smoke, cpu, gpu))
 
 
 def check_shared_storage(sweep: Sweep) -> None:
@@ -89,6 +81,15 @@ class Baseline:
     path: str  # in the storage
     ref: ray.ObjectRef
     stored: Future[None]
+
+    def abandon(self) -> None:
+        """Stop the training task and wait for its thread, before Ray shuts down: a thread still
+        in ``ray.get`` would otherwise start a second local Ray and hide the sweep's real error."""
+        if not self.stored.done():
+            with contextlib.suppress(Exception):
+                ray.cancel(self.ref, force=True)
+        with contextlib.suppress(Exception):
+            self.stored.result(timeout=60)
 
 
 def start_baseline(sweep: Sweep, pool: ThreadPoolExecutor) -> Baseline | None:

@@ -60,9 +60,14 @@ def _report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
     tune.report(metrics, checkpoint=checkpoint)
 
 
-def trial(config: dict[str, Any], baseline: list[Any] | None = None) -> None:
+def trial(config: dict[str, Any], baseline: list[Any] | None = None, swept: tuple[str, ...] = ()) -> None:
     """Ray Tune trainable: one full cycle, continuing from the trial's last checkpoint.
-    ``baseline`` is [key, ObjectRef of the dense .dcz bytes] when the sweep trains one."""
+    ``baseline`` is [key, ObjectRef of the dense .dcz bytes] when the sweep trains one;
+    ``swept`` names the settings every config of the sweep's space has."""
+    missing = [name for name in swept if name not in config]
+    if missing:  # e.g. a Tune state that failed to restore and made up a trial: never run it
+        raise ValueError(f"trial config lacks the space's swept settings {missing}: it is not from this sweep's "
+                         f"space, so it is not run")
     checkpoint = tune.get_checkpoint()
     with contextlib.ExitStack() as stack:
         resume = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None

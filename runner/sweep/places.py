@@ -13,8 +13,11 @@ import logging
 import os
 import urllib.parse
 import urllib.request
+from dataclasses import replace
+from pathlib import Path
 
 from dcsweep.runner.cycle import ConfigError
+from dcsweep.search_spaces import SearchSpace
 
 from .storage import Storage
 
@@ -51,18 +54,44 @@ def tracking_uri_for(storage: Storage, given: str | None, saved: str | None = No
     return env or default_tracking_uri(storage)
 
 
+#: Tracking-URI schemes MLflow's stores take (a bare path would be MLflow 3's refused file store).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+#: Query parameters that carry secrets, by any of these words in their name.
+SECRET_WORDS = ("token", "pass", "pwd", "secret", "key", "auth", "sig", "cred")
+
+
+def _split(uri: str) -> urllib.parse.SplitResult:
+    try:
+        parsed = urllib.parse.urlsplit(uri)
+        _ = parsed.port  # raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"tracking URI {uri!r} is not a valid URI ({exc})") from None
+    return parsed
+
+
 def refuse_credentials(uri: str) -> None:
-    parsed = urllib.parse.urlsplit(uri)
-    if parsed.username or parsed.password:
-        raise ConfigError("the MLflow tracking URI must not carry credentials; set MLFLOW_TRACKING_USERNAME/"
+    """Credentials in the URI would be saved in sweep.json and printed: refused, in the user
+    part or in the query string, without echoing them."""
+    parsed = _split(uri)
+    secret = [k for k, _ in urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+              if any(word in k.lower() for word in SECRET_WORDS)]
+    if parsed.username or parsed.password or secret:
+        where = f" (query parameter {secret[0]!r})" if secret else ""
+        raise ConfigError(f"the MLflow tracking URI must not carry credentials{where}; set MLFLOW_TRACKING_USERNAME/"
                           "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment instead")
 
 
 def check_tracking_uri(uri: str) -> None:
-    """No credentials inside the URI (they would be logged and saved); a tracking server must
-    answer its health check."""
+    """A URI MLflow can use, with no credentials inside (they would be logged and saved); a
+    SQLite file that can be written; a tracking server that answers its health check."""
     refuse_credentials(uri)
-    if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
+    scheme = _split(uri).scheme.split("+")[0]  # postgresql+psycopg2: a driver named
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(f"tracking URI {uri!r} is not allowed; it must start with one of "
+                          f"{[s + ':' for s in TRACKING_SCHEMES]} (e.g. http://127.0.0.1:5000)")
+    if scheme == "sqlite":
+        _check_sqlite(uri)
+    if scheme not in ("http", "https"):
         return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as answer:
@@ -71,6 +100,41 @@ def check_tracking_uri(uri: str) -> None:
         reason = getattr(exc, "reason", None) or exc
         raise ConfigError(f"MLflow tracking server {uri} does not answer ({reason}); start it or pass "
                           f"another --tracking-uri") from None
+
+
+def _check_sqlite(uri: str) -> None:
+    path = uri.removeprefix("sqlite:///")
+    if path == uri or path.startswith(":memory:"):
+        raise ConfigError(f"tracking URI {uri!r} is not allowed; a SQLite store is sqlite:////absolute/path.db")
+    file = Path(path)  # sqlite:////abs/path.db holds /abs/path.db; sqlite:///rel.db a relative path
+    folder = file.parent
+    while not folder.exists() and folder != folder.parent:  # the store's folders are made as needed
+        folder = folder.parent
+    writable = os.access(file, os.W_OK) if file.exists() else os.access(folder, os.W_OK | os.X_OK)
+    if not writable:
+        raise ConfigError(f"tracking URI {uri!r}: {file if file.exists() else folder} is not writable; MLflow "
+                          f"must write its SQLite store there")
+
+
+def fit_resources(space: SearchSpace, smoke: bool, cpus: float, gpus: float) -> SearchSpace:
+    """Trials that no node can hold (the largest has ``cpus`` and ``gpus``) are refused before
+    anything starts; a smoke test shrinks them to fit instead."""
+    if space.cpu <= cpus and space.gpu <= gpus:
+        return space
+    if smoke:
+        fitted = replace(space, cpu=min(space.cpu, max(cpus, 1.0)), gpu=min(space.gpu, gpus))
+        log.warning("smoke test: trials ask for %g CPU and %g GPU; the largest node has %g and %g, so each "
+                    "trial gets %g CPU and %g GPU", space.cpu, space.gpu, cpus, gpus, fitted.cpu, fitted.gpu)
+        return fitted
+    raise ConfigError(f"trials ask for {space.cpu:g} CPU and {space.gpu:g} GPU, but the largest node has "
+                      f"{cpus:g} CPU and {gpus:g} GPU; pass --cpus-per-trial/--gpus-per-trial or use a bigger cluster")
+
+
+def local_resources() -> tuple[float, float]:
+    """CPUs and GPUs of this machine: what a local Ray instance gets."""
+    import torch
+
+    return float(os.cpu_count() or 1), float(torch.cuda.device_count())
 
 
 def check_per_trial(cpus: float | None, gpus: float | None) -> None:

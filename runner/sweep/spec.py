@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import string
 import tempfile
 import time
 from collections.abc import Mapping
@@ -34,13 +35,16 @@ from dcsweep.runner.cycle.config import check_settings
 from dcsweep.runner.cycle.datasets import synthetic_stand_in
 from dcsweep.search_spaces import SearchSpace, SpaceError, load_space
 
-from .places import check_tracking_uri, tracking_uri_for
+from .lease import refuse_if_held
+from .places import check_tracking_uri, fit_resources, local_resources, tracking_uri_for
 from .storage import Storage
 
 log = logging.getLogger("dcsweep")
 BASELINE_FIELDS = ("model", "dataset", "data_root", "image_size", "epochs", "optimizer", "lr", "momentum",
                    "weight_decay", "batch_size", "seed", "device")
 SMOKE_TRIALS = 3
+MAX_NAME = 100  # a sweep's name is a folder, an MLflow experiment and part of Tune's paths
+NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
 SPACE_FILE, SWEEP_FILE = "space.yaml", "sweep.json"
 
 
@@ -80,9 +84,12 @@ def new_sweep(space: SearchSpace, name: str | None, storage: Storage, tracking_u
     """A sweep not yet in the storage (an existing name is refused, nothing touched)."""
     name = sweep_name(space, name)
     uri = tracking_uri_for(storage, tracking_uri)  # before the storage is touched: it may need none
+    refuse_if_held(storage, name)
     if storage.exists("sweeps", name):
         raise ConfigError(f"sweep {name!r} already exists in {storage}; give another --name, or "
                           f"continue it with `dcsweep resume {name}`")
+    if address is None:  # a local Ray instance gets this machine: trials must fit, known now
+        space = fit_resources(space, smoke, *local_resources())
     sweep = Sweep(name, space, storage, uri, smoke, address)
     _check_places(sweep)
     return sweep
@@ -95,16 +102,59 @@ def resume_sweep(name: str | None, storage: Storage, tracking_uri: str | None, a
     space must be the one the sweep was started with."""
     if not name:
         raise ConfigError("--resume needs the sweep's --name")
+    refuse_if_held(storage, name)
     space = _saved_space(storage, name)
     if expect is not None and expect.to_dict() != space.to_dict():
         differ = sorted(k for k, v in expect.to_dict().items() if space.to_dict().get(k) != v)
         raise ConfigError(f"sweep {name!r} was started with another space (differ: {differ}); resume it "
                           f"with `dcsweep resume {name}` or give a new --name")
     meta = _saved_meta(storage, name)
+    if not isinstance(meta.get("tracking_uri"), str) and not tracking_uri:
+        raise ConfigError(f"{storage.uri('sweeps', name, SWEEP_FILE)} names no tracking_uri; pass --tracking-uri "
+                          f"with the MLflow store sweep {name!r} logged to")
     uri = tracking_uri_for(storage, tracking_uri, saved=meta.get("tracking_uri"))
+    if address is None:
+        fit_resources(space, False, *local_resources())  # its trials fit, or it is refused here
+    check_tune_state(storage, name)
     sweep = Sweep(name, space, storage, uri, bool(meta.get("smoke")), address, resume=True)
     _check_places(sweep)
     return sweep
+
+
+def check_tune_state(storage: Storage, name: str) -> None:
+    """Refuse to resume from a damaged Ray Tune state (a full disk truncates files to 0 bytes):
+    Tune would log "Failed to restore the run state" and start another experiment with settings
+    that are not from the space. What Tune saved must be whole: its pickled tuner, the latest
+    experiment state and searcher state (JSON). A sweep Tune never saved starts afresh."""
+    folder = ("sweeps", name, "tune")
+    files = storage.files(*folder)
+    if not files:
+        return
+    damaged: list[str] = []
+    if "tuner.pkl" not in files or not storage.read_bytes(*folder, "tuner.pkl"):
+        damaged.append("tuner.pkl (missing or empty)")
+    for prefix in ("experiment_state-", "basic-variant-state-", "search_gen_state-"):
+        saved = sorted(f for f in files if f.startswith(prefix) and f.endswith(".json"))
+        if not saved and prefix == "experiment_state-":
+            damaged.append("experiment_state-*.json (missing)")
+        elif saved:
+            problem = _not_json(storage.read_bytes(*folder, saved[-1]))
+            if problem:
+                damaged.append(f"{saved[-1]} ({problem})")
+    if damaged:
+        raise ConfigError(f"sweep {name!r} cannot be resumed: Ray Tune's saved state in {storage.uri(*folder)} is "
+                          f"damaged ({', '.join(damaged)}); nothing was run. Its finished trials, their checkpoints "
+                          f"and MLflow runs are intact (`dcsweep pareto {name}`); run what is missing as a new sweep")
+
+
+def _not_json(data: bytes) -> str | None:
+    if not data:
+        return "empty"
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        return f"not JSON: {exc}"
+    return None
 
 
 def saved_tracking_uri(storage: Storage, name: str) -> str | None:
@@ -165,9 +215,10 @@ def _check_places(sweep: Sweep) -> None:
 
 def sweep_name(space: SearchSpace, name: str | None) -> str:
     """The given name, checked, or SPACE-YYYYmmdd-HHMMSS."""
-    name = name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError(f"--name={name!r} is not allowed; use letters, digits, '-', '_' and '.'")
+    name = name or f"{space.name[:MAX_NAME - 16]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not 0 < len(name) <= MAX_NAME or not set(name) <= NAME_CHARS or name.startswith("."):
+        raise ConfigError(f"--name={name[:40]!r}{'...' if len(name) > 40 else ''} is not allowed; use at most "
+                          f"{MAX_NAME} ASCII letters, digits, '-', '_' and '.', not starting with '.'")
     return name
 
 

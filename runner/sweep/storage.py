@@ -99,25 +99,38 @@ class Storage:
     def write_text(self, text: str, *parts: str) -> None:
         self.write_bytes(text.encode(), *parts)
 
+    def remove(self, *parts: str) -> None:
+        """Delete one file; FileNotFoundError if it is not there."""
+        if self.local is not None:
+            self.local.joinpath(*parts).unlink()
+        else:
+            self.fs.delete_file(self._remote(*parts))
+
     def folders(self, *parts: str) -> list[str]:
         """Names of the folders directly under ``parts`` (none if it does not exist)."""
+        return self._entries(parts, folders=True)
+
+    def files(self, *parts: str) -> list[str]:
+        """Names of the files directly under ``parts`` (none if it does not exist)."""
+        return self._entries(parts, folders=False)
+
+    def _entries(self, parts: tuple[str, ...], folders: bool) -> list[str]:
         if self.local is not None:
             base = self.local.joinpath(*parts)
-            return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+            found = [p.name for p in base.iterdir() if p.is_dir() == folders] if base.is_dir() else []
+            return sorted(found)
         from pyarrow import fs
 
         infos = self.fs.get_file_info(fs.FileSelector(self._remote(*parts), allow_not_found=True))
-        return sorted(Path(i.path).name for i in infos if i.type == fs.FileType.Directory)
+        kind = fs.FileType.Directory if folders else fs.FileType.File
+        return sorted(Path(i.path).name for i in infos if i.type == kind)
 
     def check_writable(self) -> None:
         """Write and delete a probe file; ConfigError (exit 2) when that fails."""
         name = f".probe-{os.getpid()}-{os.urandom(4).hex()}"
         try:
-            self.write_bytes(b"", "sweeps", name)
-            if self.local is not None:
-                self.local.joinpath("sweeps", name).unlink()
-            else:
-                self.fs.delete_file(self._remote("sweeps", name))
+            self.write_bytes(b"", name)  # at the root: a refused sweep leaves no folder behind
+            self.remove(name)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - OSError locally, pyarrow's errors remotely

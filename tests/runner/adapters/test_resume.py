@@ -4,6 +4,7 @@ own local Ray), against a real SQLite MLflow store. Every process a test starts 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import time
@@ -140,6 +141,7 @@ def test_divergence_stops_only_that_trial(store, tmp_path: Path) -> None:
     diverged = [r for r in runs if r.info.status == "FAILED"]
     assert len(runs) == 6 and {r.data.params["sparsity"] for r in diverged} == {"0.9"} and len(diverged) == 2
     assert all("loss became nan" in r.data.tags["error"] for r in diverged)
+    assert len(result["errors"]) == 2 and all("loss became nan" in e for e in result["errors"])
     stopped = list((storage / "sweeps" / "div" / "tune").glob("trial_*sparsity=0.9000*"))
     assert len(stopped) == 2
     for d in stopped:
@@ -202,6 +204,83 @@ def test_unreachable_tracking_server_and_unwritable_storage_are_refused(capsys, 
     assert not Path("s3:").exists() and not Path("ftp:").exists()
 
 
+BOMB = """name: bomb
+description: &a [x, x, x, x, x, x, x, x, x, x]
+fixed: {b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b],
+        d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d],
+        f: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]}
+"""
+
+
+@pytest.mark.parametrize(("argv", "space", "message"), [
+    (["--tracking-uri", "garbage"], None, r"tracking URI 'garbage' is not allowed; it must start with one of"),
+    (["--tracking-uri", "http://[::1"], None, r"tracking URI 'http://\[::1' is not a valid URI"),
+    (["--tracking-uri", "http://127.0.0.1:1/?token=s3cr3t"], None,
+     r"must not carry credentials \(query parameter 'token'\)"),
+    (["--name", "n" * 300], None, r"--name='n{40}'... is not allowed; use at most 100 ASCII letters"),
+    (["--cpus-per-trial", "64"], None, r"trials ask for 64 CPU and 0 GPU, but the largest node has"),
+    ([], "name: f\nswept:\n  k: {uniform: [2, 32]}\n", r"swept.k: k=2.0 is not allowed; k must be an integer"),
+    ([], b"name: caf\xe9\n", r"not UTF-8 text"),
+    ([], BOMB, r"expands to more than 100000 values"),
+])
+def test_bad_sweeps_are_refused_before_anything_is_written(capsys, tmp_path: Path, argv: list[str],
+                                                            space: str | bytes | None, message: str) -> None:
+    import re
+
+    store = tmp_path / "store"
+    store.mkdir()
+    if space is not None:
+        (tmp_path / "s.yaml").write_bytes(space.encode() if isinstance(space, str) else space)
+    started = time.monotonic()
+    err = _exit2(capsys, "run", *([str(tmp_path / "s.yaml")] if space is not None else []), "--storage", str(store),
+                 *argv)
+    assert re.search(message, err), err
+    assert "s3cr3t" not in err and time.monotonic() - started < 10
+    assert list(store.iterdir()) == []  # no mlflow.db, no sweeps/
+
+
+def test_a_sweep_json_without_its_tracking_uri_is_refused(capsys, tmp_path: Path) -> None:
+    from dcsweep.runner.sweep import Storage, Sweep, space_as_run
+    from dcsweep.runner.sweep.spec import write_sweep_files
+
+    storage = Storage(tmp_path)
+    write_sweep_files(Sweep("old", space_as_run("lenet300-digits"), storage, "sqlite:///x.db"))
+    meta = json.loads((tmp_path / "sweeps" / "old" / "sweep.json").read_text())
+    del meta["tracking_uri"]
+    (tmp_path / "sweeps" / "old" / "sweep.json").write_text(json.dumps(meta))
+    assert "names no tracking_uri; pass --tracking-uri" in _exit2(capsys, "resume", "old", "--storage", str(tmp_path))
+
+
+def test_a_damaged_tune_state_is_refused_and_nothing_runs(store, capsys, tmp_path: Path) -> None:
+    """A full disk truncated Tune's searcher state: resume refuses, touching nothing, instead of
+    starting an experiment with settings that are not from the space."""
+    import shutil
+
+    _, storage, _ = store
+    copy = tmp_path / "store"
+    shutil.copytree(storage / "sweeps" / "whole", copy / "sweeps" / "damaged")
+    state = next((copy / "sweeps" / "damaged" / "tune").glob("basic-variant-state-*.json"))
+    state.write_bytes(b"")
+    before = sorted((p, p.stat().st_mtime_ns) for p in copy.rglob("*") if p.is_file())
+    err = _exit2(capsys, "resume", "damaged", "--storage", str(copy))
+    assert f"Ray Tune's saved state in {copy}/sweeps/damaged/tune is damaged ({state.name} (empty))" in err
+    assert "finished trials, their checkpoints and MLflow runs are intact" in err
+    assert sorted((p, p.stat().st_mtime_ns) for p in copy.rglob("*") if p.is_file()) == before
+
+
+def test_a_failure_after_ray_starts_prints_its_cause_and_ends(tmp_path: Path) -> None:
+    """A tracking store MLflow cannot open (databricks with no configuration) fails after Ray
+    started: the real error is printed, Ray shut down, the process ends (it used to hang a
+    minute starting a second Ray from the baseline's thread, then die of 'Failed to connect')."""
+    started = time.monotonic()
+    with cli("run", "--storage", str(tmp_path), "--tracking-uri", "databricks://nowhere", "--json",
+             env={"DATABRICKS_HOST": "", "DATABRICKS_TOKEN": ""}) as proc:
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and not out
+    assert err.strip().splitlines()[-1].startswith("dcsweep: failed: MlflowException: ") and "GCS" not in err
+    assert time.monotonic() - started < 120 and not (tmp_path / "sweeps").exists()  # nothing was written
+
+
 @pytest.mark.slow
 def test_a_tracking_server_that_goes_away_mid_sweep(store, tmp_path: Path) -> None:
     folder, storage, whole = store
@@ -261,3 +340,23 @@ def test_both_ways_of_resuming_log_to_the_sweeps_own_tracking_server(store, mlfl
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
     local = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     assert local.get_experiment_by_name("served") is None  # nothing went to the storage's own store
+
+
+@pytest.mark.slow
+def test_one_driver_at_a_time(store, capsys) -> None:
+    """A second `run --name` or a `resume` of a sweep that is running is refused, naming the
+    driver; the sweep ends with one run per trial, and its lease is gone."""
+    folder, storage, whole = store
+    leases = storage / "sweeps" / "solo" / "leases"
+    with cli("run", str(folder / "space.yaml"), "--name", "solo", "--storage", str(storage), "--json") as first:
+        deadline = time.monotonic() + 120
+        while not list(leases.glob("*.json")):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.1)
+        err = _exit2(capsys, "run", str(folder / "space.yaml"), "--name", "solo", "--storage", str(storage))
+        assert "being run by another driver" in err and f"pid {first.pid}," in err
+        err = _exit2(capsys, "resume", "solo", "--storage", str(storage))
+        assert "being run by another driver" in err and f"pid {first.pid}," in err
+        result = finish(first)
+    assert len(child_runs(result["tracking_uri"], "solo")) == 6 and front(result) == front(whole)
+    assert list(leases.glob("*.json")) == []

@@ -4,6 +4,7 @@ storage or the output."""
 from __future__ import annotations
 
 import secrets
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from mlflow.tracking import MlflowClient
 from ..helpers import SPACE, cli
 
 CREDENTIALS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME",
-               "AWS_SECRET_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "RAY_AUTH_TOKEN_SECRET_PROBE")
+               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS",
+               "RAY_AUTH_TOKEN_SECRET_PROBE")
+RAY_TEMP = Path(tempfile.gettempdir()) / "ray"  # Ray's session folders: logs, runtime envs, ...
 
 
 @pytest.mark.slow
@@ -21,6 +24,7 @@ def test_planted_credentials_leak_nowhere(tmp_path: Path) -> None:
     (tmp_path / "space.yaml").write_text(SPACE.replace("k: {grid: [2, 16]}", "k: {grid: [16]}")
                                          .replace("[0.5, 0.9, 0.97]", "[0.5, 0.9]"))
     storage = tmp_path / "store"
+    sessions = set(RAY_TEMP.glob("session_2*"))
     with cli("run", str(tmp_path / "space.yaml"), "--name", "secret", "--storage", str(storage), "--json",
               env=planted) as proc:
         out, err = proc.communicate(timeout=600)
@@ -30,6 +34,12 @@ def test_planted_credentials_leak_nowhere(tmp_path: Path) -> None:
     files = [p for p in storage.rglob("*") if p.is_file()]
     assert len(files) > 20  # the store, the artifacts, Tune's state and checkpoints
     assert not [(p, v) for p in files for v in values if v in p.read_bytes()]
+    # ...nor any file of the Ray session the sweep started (Tune copied AWS_* into every trainable's
+    # runtime environment, which Ray logs in clear in runtime_env_agent.log)
+    ray_files = [p for session in set(RAY_TEMP.glob("session_2*")) - sessions for p in session.rglob("*")
+                 if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "runtime_env_agent.log" for p in ray_files)
+    assert not [(p, v) for p in ray_files for v in values if v in p.read_bytes()]
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("secret").experiment_id])
     assert len(runs) == 3
