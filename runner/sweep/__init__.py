@@ -1,5 +1,6 @@
 """What a sweep is, checked before Ray starts: the space as run, its name, the storage that holds
-it and the MLflow store it logs to. No Ray and no MLflow are imported here.
+it, the MLflow store it logs to, and the lease that lets one driver at a time run it. No Ray and
+no MLflow are imported here.
 """
 
 from .places import default_storage, tracking_uri_for

@@ -124,27 +124,35 @@ def resume_sweep(name: str | None, storage: Storage, tracking_uri: str | None, a
 def check_tune_state(storage: Storage, name: str) -> None:
     """Refuse to resume from a damaged Ray Tune state (a full disk truncates files to 0 bytes):
     Tune would log "Failed to restore the run state" and start another experiment with settings
-    that are not from the space. What Tune saved must be whole: its pickled tuner, the latest
-    experiment state and searcher state (JSON). A sweep Tune never saved starts afresh."""
+    that are not from the space. Once Tune has saved an experiment, its pickled tuner, the latest
+    experiment state (JSON) and searcher state (a pickle, though named .json) must be whole; a
+    sweep killed before Tune saved one simply starts."""
     folder = ("sweeps", name, "tune")
     files = storage.files(*folder)
-    if not files:
+    if not any(f.startswith("experiment_state-") for f in files):
         return
     damaged: list[str] = []
-    if "tuner.pkl" not in files or not storage.read_bytes(*folder, "tuner.pkl"):
-        damaged.append("tuner.pkl (missing or empty)")
-    for prefix in ("experiment_state-", "basic-variant-state-", "search_gen_state-"):
-        saved = sorted(f for f in files if f.startswith(prefix) and f.endswith(".json"))
-        if not saved and prefix == "experiment_state-":
-            damaged.append("experiment_state-*.json (missing)")
-        elif saved:
-            problem = _not_json(storage.read_bytes(*folder, saved[-1]))
-            if problem:
-                damaged.append(f"{saved[-1]} ({problem})")
+    checks = {"experiment_state-": _not_json, "basic-variant-state-": _not_pickle, "search_gen_state-": _not_pickle,
+              "tuner.pkl": _not_pickle}
+    for prefix, check in checks.items():
+        saved = sorted(f for f in files if f.startswith(prefix))
+        if not saved and prefix == "tuner.pkl":
+            damaged.append("tuner.pkl (missing)")
+        problem = check(storage.read_bytes(*folder, saved[-1])) if saved else None
+        if problem:
+            damaged.append(f"{saved[-1]} ({problem})")
     if damaged:
         raise ConfigError(f"sweep {name!r} cannot be resumed: Ray Tune's saved state in {storage.uri(*folder)} is "
                           f"damaged ({', '.join(damaged)}); nothing was run. Its finished trials, their checkpoints "
                           f"and MLflow runs are intact (`dcsweep pareto {name}`); run what is missing as a new sweep")
+
+
+def _not_pickle(data: bytes) -> str | None:
+    """A pickle cut short, judged by its frame alone (never unpickled): protocol 2+ starts with
+    PROTO (0x80) and ends with STOP ('.')."""
+    if not data:
+        return "empty"
+    return None if data[:1] == b"\x80" and data.endswith(b".") else "cut short"
 
 
 def _not_json(data: bytes) -> str | None:
