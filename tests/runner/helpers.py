@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import struct
@@ -156,6 +157,13 @@ def finish(proc: subprocess.Popen, within: float = 600) -> dict:
     out, err = proc.communicate(timeout=within)
     assert proc.returncode == 0, err[-3000:]
     return json.loads(out)
+
+
+def can_unshare() -> bool:
+    """Whether this machine lets a test start a process in its own mount namespace (root in a
+    container, say), to show it a folder other processes see differently."""
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-m", "true"], capture_output=True).returncode == 0
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from dcsweep.runner.adapters.env import TEST_HOOKS
 
-from ..helpers import child_runs, children, cli, finish, kill, trial_rows
+from ..helpers import can_unshare, child_runs, children, cli, finish, kill, trial_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -179,12 +178,7 @@ def test_sweep_completes_when_a_worker_node_dies(cluster) -> None:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [0, 1, 2, 3]
 
 
-def _can_unshare() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-m", "true"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _can_unshare(), reason="needs mount namespaces (unshare -m) to hide a path from a node")
+@pytest.mark.skipif(not can_unshare(), reason="needs mount namespaces (unshare -m) to hide a path from a node")
 def test_a_storage_path_some_node_cannot_see_is_refused(cluster) -> None:
     """One more node, started in its own mount namespace where the storage is an empty tmpfs: a
     local path on a multi-node cluster that is not shared."""

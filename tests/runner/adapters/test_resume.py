@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from dcsweep.runner.cli import main
 
 from ..helpers import (
     SPACE,
+    can_unshare,
     child_runs,
     children,
     cli,
@@ -237,6 +239,19 @@ def test_bad_sweeps_are_refused_before_anything_is_written(capsys, tmp_path: Pat
     assert re.search(message, err), err
     assert "s3cr3t" not in err and time.monotonic() - started < 10
     assert list(store.iterdir()) == []  # no mlflow.db, no sweeps/
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs a mount namespace (unshare -m) to make a folder read-only for "
+                    "root, who writes through permissions")
+def test_a_sqlite_store_in_a_read_only_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    command = (f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && exec {sys.executable} -m "
+               f"dcsweep.runner.cli run --storage {tmp_path / 's'} --tracking-uri sqlite:///{folder}/mlflow.db")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"{folder} is not writable; MLflow must write its SQLite store there" in done.stderr
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_sweep_json_without_its_tracking_uri_is_refused(capsys, tmp_path: Path) -> None:
