@@ -8,7 +8,7 @@ Pure PyTorch + numpy; never imports ray or mlflow.
     >>> model = load_compressed("model.dcz", model=fresh_model)
 """
 
-from .architectures import build_architecture, list_architectures, register_architecture
+from .architectures import Architecture, build_architecture, list_architectures, register_architecture
 from .coding import CODERS
 from .errors import CompressedFileError
 from .fileformat import FORMAT_VERSION
@@ -17,7 +17,7 @@ from .kmeans import INITS, kmeans_1d
 from .layers import Masked, SharedWeight, sparsity, structural_mask
 from .pruning import MagnitudePrune, iterative_prune_, prune_, prune_schedule
 from .report import LayerSize, SizeReport, size_report
-from .serialization import load_compressed, read_compressed, save_compressed
+from .serialization import load_compressed, read_compressed, read_header, save_compressed
 from .sharing import MAX_K, MIN_K, KMeansShare, share_weights_
 from .sparse import MAX_INDEX_BITS, MIN_INDEX_BITS
 
@@ -29,6 +29,7 @@ __all__ = [
     "MAX_K",
     "MIN_INDEX_BITS",
     "MIN_K",
+    "Architecture",
     "CompressedFileError",
     "KMeansShare",
     "LayerSize",
@@ -46,6 +47,7 @@ __all__ = [
     "prune_",
     "prune_schedule",
     "read_compressed",
+    "read_header",
     "register_architecture",
     "save_compressed",
     "share_weights_",

@@ -46,17 +46,29 @@ def _pack_table(raw: bytes) -> bytes:
     return b"\x01" + packed if len(packed) < len(raw) else b"\x00" + raw
 
 
-def _unpack_table(table: bytes) -> bytes:
+def _unpack_table(table: bytes, limit: int) -> bytes:
+    """The raw table, at most ``limit`` bytes however well its zlib form claims to inflate."""
     if not table:
         raise ValueError("coder table is empty")
     if table[0] == 0:
         return table[1:]
     if table[0] == 1:
-        try:
-            return zlib.decompress(table[1:])
-        except zlib.error as exc:
-            raise ValueError(f"coder table does not inflate: {exc}") from None
+        return inflate(table[1:], limit, "coder table")
     raise ValueError(f"coder table flag must be 0 or 1; got {table[0]}")
+
+
+def inflate(data: bytes | memoryview, limit: int, what: str) -> bytes:
+    """zlib-inflate ``data`` to at most ``limit`` bytes: a bomb stops at the limit."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit)
+    except zlib.error as exc:
+        raise ValueError(f"{what} does not inflate: {exc}") from None
+    if d.unconsumed_tail:
+        raise ValueError(f"{what} inflates past its limit of {limit} bytes")
+    if not d.eof or d.unused_data:
+        raise ValueError(f"{what} is not one whole zlib stream")
+    return out
 
 
 def _varints(values: np.ndarray) -> bytes:
@@ -69,13 +81,16 @@ def _varints(values: np.ndarray) -> bytes:
     return bytes(out)
 
 
+_MAX_VARINT = 9  # bytes of one count: 63 bits, so every count fits an int64
+
+
 def _read_varints(data: bytes, count: int) -> np.ndarray:
     values = np.zeros(count, dtype=np.int64)
     i = 0
     for n in range(count):
         v = shift = 0
         while True:
-            if i >= len(data) or shift > 56:
+            if i >= len(data) or shift >= 7 * _MAX_VARINT:
                 raise ValueError("coder table ends inside a number")
             byte = data[i]
             i += 1
@@ -110,7 +125,7 @@ class HuffmanCoder:
         return Coded(_pack_table(lengths.astype(np.uint8).tobytes()), encode_with(symbols, lengths))
 
     def decode(self, coded: Coded, alphabet_size: int, count: int) -> np.ndarray:
-        lengths = np.frombuffer(_unpack_table(coded.table), dtype=np.uint8)
+        lengths = np.frombuffer(_unpack_table(coded.table, alphabet_size), dtype=np.uint8)
         if lengths.size != alphabet_size:
             raise ValueError(f"Huffman table has {lengths.size} lengths; alphabet has {alphabet_size}")
         if count and np.count_nonzero(lengths) == 1 and coded.payload:
@@ -149,10 +164,11 @@ class AnsCoder:
         return Coded(table, coder.get_compressed().astype("<u4").tobytes())
 
     def decode(self, coded: Coded, alphabet_size: int, count: int) -> np.ndarray:
-        counts = _read_varints(_unpack_table(coded.table), alphabet_size)
+        counts = _read_varints(_unpack_table(coded.table, _MAX_VARINT * alphabet_size), alphabet_size)
         present = np.flatnonzero(counts)
-        if int(counts.sum()) != count:
-            raise ValueError(f"ANS table counts {int(counts.sum())} symbols; {count} were expected")
+        total = sum(counts.tolist())  # Python ints: int64 sums of hostile counts could wrap
+        if total != count:
+            raise ValueError(f"ANS table counts {total} symbols; {count} were expected")
         if present.size <= 1:
             if coded.payload:
                 raise ValueError("a one-symbol ANS stream has no payload")

@@ -34,10 +34,18 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from ._config import Rules, match_rule
-from .coding import Coded, get_coder
+from .coding import Coded, get_coder, inflate
 from .errors import CompressedFileError
 from .layers import Masked, original, parametrization, parametrizations, tensor
-from .sparse import best_index_bits, check_index_bits, decode_gaps, encode_gaps, gap_alphabet
+from .sparse import (
+    MAX_INDEX_BITS,
+    MIN_INDEX_BITS,
+    best_index_bits,
+    check_index_bits,
+    decode_gaps,
+    encode_gaps,
+    gap_alphabet,
+)
 
 MAGIC = b"\x89DCZ\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -51,7 +59,15 @@ KINDS = {  # kind -> its parts, in file order
 DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
     torch.int16, torch.int8, torch.uint8, torch.bool)}
-MAX_HEADER = 64 << 20
+MAX_HEADER = 64 << 20  # bytes of packed header
+MAX_HEADER_JSON = 64 << 20  # bytes the header may inflate to (a record is about 100 bytes)
+MAX_NAME = 1024  # characters of a tensor name
+MAX_DIMS = 64  # dimensions of a tensor
+MAX_CODEBOOK = 1 << 16
+#: Loading a file without a model instance gives its tensors at most this many elements per
+#: byte of file. The paper's best ratio is 49x (about 12 weights per byte); 1024 leaves room for
+#: far sparser models and still refuses a 7 KB file that declares a billion weights.
+ELEMENTS_PER_BYTE = 1024
 
 if sys.byteorder != "little":  # raw tensors are written in native order
     raise ImportError("dcsweep.compression's .dcz files need a little-endian machine")
@@ -86,17 +102,47 @@ class Record:
         try:
             kind, sizes = raw["t"], raw["z"]
             shape = tuple(raw["s"])
+            ints = (*shape, *sizes, raw["nz"], raw["k"], raw["b"], raw["g"])
+            ok = (isinstance(raw["n"], str) and 0 < len(raw["n"]) <= MAX_NAME and raw["d"] in DTYPES
+                  and len(shape) <= MAX_DIMS and isinstance(sizes, list) and len(sizes) == len(KINDS[kind])
+                  and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints))
             rec = cls(raw["n"], kind, raw["d"], shape, bool(raw["p"]), dict(zip(KINDS[kind], sizes, strict=True)),
-                      raw["nz"], raw["k"], raw["b"], raw["g"])
-            ints = (*shape, *sizes, rec.nonzero, rec.k, rec.index_bits, rec.entries)
-            ok = (isinstance(rec.name, str) and rec.dtype in DTYPES and len(sizes) == len(KINDS[kind])
-                  and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints)
-                  and rec.nonzero <= rec.numel and (kind == "dense" or rec.nonzero <= rec.entries))
+                      raw["nz"], raw["k"], raw["b"], raw["g"]) if ok else None
         except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise CompressedFileError(f"malformed tensor record in header: {str(raw)[:200]}")
+            rec = None
+        problem = rec.problem() if rec is not None else "fields are missing or of the wrong type"
+        if rec is None or problem:
+            raise CompressedFileError(f"malformed tensor record in header ({problem}): {str(raw)[:200]}")
         return rec
+
+    def problem(self) -> str | None:
+        """Why the record's numbers cannot describe a real tensor, or None: every part size is
+        fixed by the shape, dtype, counts and codebook size, so nothing later can be asked to
+        allocate more than the record declares."""
+        itemsize = DTYPES[self.dtype].itemsize
+        expected: dict[str, int] = {}
+        if self.kind == "dense":
+            if (self.nonzero, self.k, self.index_bits, self.entries) != (self.numel, 0, 0, 0):
+                return "a dense tensor has nonzero == numel and no k, index bits or gaps"
+            expected["data"] = self.numel * itemsize
+        else:
+            if not MIN_INDEX_BITS <= self.index_bits <= MAX_INDEX_BITS:
+                return f"index bits must be in [{MIN_INDEX_BITS}, {MAX_INDEX_BITS}]"
+            # each filler skips 2**bits positions, so a tensor holds at most numel >> bits of them
+            if not self.nonzero <= self.entries <= self.nonzero + (self.numel >> self.index_bits):
+                return "gap count does not fit the tensor's size"
+            if self.nonzero > self.numel:
+                return "more nonzeros than elements"
+            if self.kind == "sparse":
+                if self.k:
+                    return "a sparse tensor has no codebook"
+                expected["values"] = self.nonzero * itemsize
+            else:
+                if not 1 <= self.k <= MAX_CODEBOOK:
+                    return f"codebook size must be in [1, {MAX_CODEBOOK}]"
+                expected["codebook"] = self.k * itemsize
+        wrong = [part for part, size in expected.items() if self.parts[part] != size]
+        return f"{', '.join(wrong)} size does not match the shape and dtype" if wrong else None
 
 
 # -- model -> records -------------------------------------------------------------------------
@@ -180,9 +226,15 @@ def encode_model(model: nn.Module, coder: str, index_bits: int | Mapping[str, in
         records.append(rec)
         blobs.extend(parts)
     body = b"".join(blobs)
-    header = {"arch": arch, "coder": coder, "body": len(body), "tensors": [r.to_json() for r in records]}
-    packed = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(packed)) + packed
+    return pack({"arch": arch, "coder": coder, "body": len(body), "tensors": [r.to_json() for r in records]}, body)
+
+
+def pack(header: dict[str, Any], body: bytes, packed_header: bytes | None = None) -> bytes:
+    """The container around ``header`` (its ``body`` size filled in) and ``body``, checksums
+    included. ``packed_header`` replaces the header's zlib form (tests craft hostile ones)."""
+    if packed_header is None:
+        packed_header = zlib.compress(json.dumps({**header, "body": len(body)}, separators=(",", ":")).encode(), 9)
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(packed_header)) + packed_header
     return prefix + _CRC.pack(zlib.crc32(prefix)) + body + _CRC.pack(zlib.crc32(body))
 
 
@@ -216,14 +268,14 @@ def parse(data: bytes | memoryview) -> Parsed:
     if zlib.crc32(view[:head_end]) != crc:
         raise CompressedFileError("header checksum mismatch: the file is corrupted")
     try:
-        header = json.loads(zlib.decompress(view[_PREFIX.size:head_end]))
-        records = tuple(Record.from_json(r) for r in header["tensors"])
+        header = json.loads(inflate(view[_PREFIX.size:head_end], MAX_HEADER_JSON, "header"))
+        records = _records(header)
         body_len = header["body"]
         get_coder(header["coder"])
     except CompressedFileError:
         raise
-    except (ValueError, KeyError, TypeError, zlib.error) as exc:
-        raise CompressedFileError(f"header is not valid: {exc}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise CompressedFileError(f"header is not valid: {type(exc).__name__}: {str(exc)[:200]}") from None
     body_start = head_end + _CRC.size
     expected = body_start + body_len + _CRC.size
     if not isinstance(body_len, int) or sum(sum(r.parts.values()) for r in records) != body_len:
@@ -236,6 +288,27 @@ def parse(data: bytes | memoryview) -> Parsed:
     if zlib.crc32(body) != _CRC.unpack_from(view, expected - _CRC.size)[0]:
         raise CompressedFileError("body checksum mismatch: the file is corrupted")
     return Parsed(header, records, body, expected - body_len)
+
+
+def printable(name: str, limit: int = 100) -> str:
+    """A name from a file as it may be shown on a terminal: control characters escaped."""
+    return name[:limit] if name[:limit].isprintable() else ascii(name[:limit])[1:-1]
+
+
+def _records(header: Any) -> tuple[Record, ...]:
+    if not isinstance(header, dict) or not isinstance(header.get("tensors"), list):
+        raise ValueError("the header is not an object with a 'tensors' list")
+    arch = header.get("arch")
+    if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)
+                                 and isinstance(arch.get("kwargs", {}), dict)):
+        raise ValueError("the architecture record is not an object with a string 'name' and a 'kwargs' object")
+    records = tuple(Record.from_json(r) for r in header["tensors"])
+    seen: set[str] = set()
+    for r in records:
+        if r.name in seen:
+            raise CompressedFileError(f"tensor {printable(r.name)!r} has two records")
+        seen.add(r.name)
+    return records
 
 
 def parse_file(path: str | Path) -> Parsed:
@@ -281,19 +354,34 @@ def _tensor(raw: bytes, dtype: str, shape: tuple[int, ...], what: str) -> torch.
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(d).reshape(shape)
 
 
-def decode_records(parsed: Parsed) -> Iterator[Decoded]:
+def declared_elements(parsed: Parsed) -> int:
+    return sum(r.numel for r in parsed.records)
+
+
+def default_max_elements(parsed: Parsed) -> int:
+    return ELEMENTS_PER_BYTE * (parsed.container_bytes + len(parsed.body))
+
+
+def decode_records(parsed: Parsed, max_elements: int | None = None) -> Iterator[Decoded]:
+    """Every tensor, decoded. The file's tensors may total at most ``max_elements`` elements
+    (default ELEMENTS_PER_BYTE per byte of file), checked before anything is allocated."""
+    limit = default_max_elements(parsed) if max_elements is None else max_elements
+    total = declared_elements(parsed)
+    if total > limit:
+        raise CompressedFileError(
+            f"the file declares {total} tensor elements, more than the {limit} allowed for it "
+            f"({ELEMENTS_PER_BYTE} per byte of file unless max_elements= or a model says otherwise)")
     coder = get_coder(parsed.header["coder"])
     for rec, blobs in _parts(parsed):
         try:
             yield _decode_one(rec, blobs, coder)
         except ValueError as exc:
-            raise CompressedFileError(f"tensor {rec.name!r}: {exc}") from None
+            raise CompressedFileError(f"tensor {printable(rec.name)!r}: {exc}") from None
 
 
 def _decode_one(rec: Record, blobs: dict[str, bytes], coder: Any) -> Decoded:
     if rec.kind == "dense":
         return Decoded(rec, _tensor(blobs["data"], rec.dtype, rec.shape, "dense data"))
-    check_index_bits(rec.index_bits)
     gaps = coder.decode(Coded(blobs["gap_table"], blobs["gaps"]), gap_alphabet(rec.index_bits), rec.entries)
     positions = decode_gaps(gaps, rec.index_bits, rec.numel)
     if positions.size != rec.nonzero:
@@ -305,8 +393,6 @@ def _decode_one(rec: Record, blobs: dict[str, bytes], coder: Any) -> Decoded:
     if rec.kind == "sparse":
         value[pos] = _tensor(blobs["values"], rec.dtype, (rec.nonzero,), "kept values")
         return Decoded(rec, value.view(rec.shape), mask.view(rec.shape))
-    if not 1 <= rec.k <= 1 << 16:
-        raise ValueError(f"codebook size must be in [1, 65536]; got {rec.k}")
     codebook = _tensor(blobs["codebook"], rec.dtype, (rec.k,), "codebook")
     labels = coder.decode(Coded(blobs["index_table"], blobs["indices"]), rec.k, rec.nonzero)
     indices = torch.full((rec.numel,), rec.k, dtype=torch.int32)

@@ -10,7 +10,7 @@ from typing import Any
 import torch.nn as nn
 
 from .architectures import model_arch
-from .fileformat import Parsed, Record, encode_model, parse, parse_file
+from .fileformat import Parsed, Record, encode_model, parse, parse_file, printable
 
 #: What the library compresses, for the note on weights a file keeps dense.
 DENSE_WEIGHTS_NOTE = "the weights of Linear, Conv, ConvTranspose and Embedding layers only"
@@ -98,7 +98,8 @@ class SizeReport:
         rows = [head, "-" * len(head)]
         for r in self.layers:
             shape = "x".join(map(str, r.shape)) or "scalar"
-            rows.append(f"{r.name[-32:]:<32} {r.kind:<7} {shape:<18} {r.nonzero:>9} {r.k or '':>5} "
+            name = printable(r.name, len(r.name))[-32:]
+            rows.append(f"{name:<32} {r.kind:<7} {shape:<18} {r.nonzero:>9} {r.k or '':>5} "
                         f"{r.index_bits or '':>3} {r.codebook:>8} {r.indices:>9} {r.positions:>9} "
                         f"{r.dense:>9} {r.tables:>6} {r.bytes:>9}")
         if self.dense_weights:

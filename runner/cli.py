@@ -184,18 +184,17 @@ def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from dcsweep.compression import load_compressed, read_compressed
+    from dcsweep.compression import load_compressed, read_header
 
     from .cycle import list_models, load_dataset
     from .cycle.train import evaluate, pick_device
 
     path = _existing(args.file)
-    header, _ = read_compressed(path)  # CompressedFileError -> 2
-    arch = header.get("arch") or {}
+    arch = read_header(path).get("arch") or {}  # CompressedFileError -> 2
     if arch.get("name") not in list_models():
-        raise UsageError(f"{path} names model {arch.get('name')!r}, which is not one of {list_models()}")
+        raise UsageError(f"{path} names model {str(arch.get('name'))[:100]!r}, which is not one of {list_models()}")
     data = load_dataset(args.dataset, args.data_root)
-    made_for = (list(arch["kwargs"]["input_shape"]), arch["kwargs"]["num_classes"])
+    made_for = (arch.get("kwargs", {}).get("input_shape"), arch.get("kwargs", {}).get("num_classes"))
     if made_for != (list(data.input_shape), data.num_classes):
         raise UsageError(f"{path} holds a model for input {made_for[0]} with {made_for[1]} classes; dataset "
                          f"{args.dataset!r} has input {list(data.input_shape)} with {data.num_classes} classes")

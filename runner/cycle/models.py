@@ -17,17 +17,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dcsweep.compression import register_architecture
+from dcsweep.compression import Architecture, register_architecture
 
 Shape = tuple[int, int, int]
 Factory = Callable[[Shape, int], nn.Module]
 _MODELS: dict[str, Factory] = {}
+#: What a .dcz file may pass a model's builder (see dcz_arch below).
+ARCH_KWARGS = ("input_shape", "num_classes")
 
 
 def register_model(name: str) -> Callable[[Factory], Factory]:
     def add(fn: Factory) -> Factory:
         _MODELS[name] = fn
-        register_architecture(name, functools.partial(create_model, name))
+        register_architecture(name, functools.partial(create_model, name), kwargs=ARCH_KWARGS)
         return fn
 
     return add
@@ -37,11 +39,11 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def architectures() -> dict[str, Callable[..., nn.Module]]:
+def architectures() -> dict[str, Architecture]:
     """The ``dcsweep.architectures`` entry point (pyproject.toml): every model as a builder of
     the file's ``{"input_shape", "num_classes"}``, so ``dcsweep.compression.load_compressed``
     rebuilds a model this package wrote in an interpreter that never imported it."""
-    return {name: functools.partial(create_model, name) for name in list_models()}
+    return {name: Architecture(functools.partial(create_model, name), ARCH_KWARGS) for name in list_models()}
 
 
 def meta_model(name: str, input_shape: Shape | list[int], num_classes: int) -> nn.Module:

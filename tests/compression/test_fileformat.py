@@ -124,8 +124,9 @@ def test_load_without_a_model_instance(tmp_path: Path) -> None:
     model = compress(mlp())
     save_compressed(model, tmp_path / "a.dcz", arch={"name": "test-mlp"})
     assert_same_state(model, load_compressed(tmp_path / "a.dcz"))
+    register_architecture("test-resnet18", torchvision.models.resnet18, kwargs=("num_classes",))
     resnet = compress(torchvision.models.resnet18(num_classes=10))
-    save_compressed(resnet, tmp_path / "r.dcz", arch={"name": "torchvision:resnet18", "kwargs": {"num_classes": 10}})
+    save_compressed(resnet, tmp_path / "r.dcz", arch={"name": "test-resnet18", "kwargs": {"num_classes": 10}})
     assert_same_state(resnet, load_compressed(tmp_path / "r.dcz"))
     save_compressed(model, tmp_path / "none.dcz")
     with pytest.raises(ValueError, match="names no architecture; pass model="):

@@ -171,3 +171,18 @@ def test_the_quick_exit_runs_exit_handlers_and_flushes(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stderr.rstrip().endswith("exit handler ran"), done.stderr
     assert json.loads(done.stdout)["accuracy"]["decoded"] > 0.5
+
+
+def test_inspect_escapes_control_characters_in_names(capsys, tmp_path: Path) -> None:
+    """A file's tensor names are untrusted: a terminal escape in one must print as text."""
+    import torch.nn as nn
+
+    from dcsweep.compression import MagnitudePrune, prune_, save_compressed
+
+    model = nn.Sequential()
+    model.add_module("x\x1b]0;owned\x07\x1b[2J", nn.Linear(4, 4))
+    prune_(model, MagnitudePrune(sparsity=0.5))
+    save_compressed(model, tmp_path / "e.dcz")
+    assert main(["inspect", str(tmp_path / "e.dcz")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "x\\x1b]0;owned\\x07\\x1b[2J.weight" in out

@@ -35,6 +35,10 @@ def test_model_forward(name: str, shape: tuple[int, int, int]) -> None:
     assert model.dcz_arch == {"name": name, "kwargs": {"input_shape": list(shape), "num_classes": 7}}
     rebuilt = build_architecture(model.dcz_arch)  # what load_compressed uses
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    # load_compressed checks a file against the model built on the meta device first
+    meta = build_architecture(model.dcz_arch, device="meta")
+    assert {k: (v.shape, v.dtype) for k, v in meta.state_dict().items()} == {
+        k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
 
 
 def test_the_papers_layer_sizes() -> None:
