@@ -25,7 +25,7 @@ from dcsweep.runner.sweep import Sweep
 from dcsweep.runner.sweep.spec import write_sweep_files
 from dcsweep.search_spaces import SearchSpace
 
-from .env import keep_secrets_out_of_runtime_env, set_driver_defaults
+from .env import keep_secrets_out_of_runtime_env, loopback_only, set_driver_defaults
 from .nodes import check_shared_storage, fit_resources, start_baseline
 from .trainable import trial
 
@@ -63,8 +63,9 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
         # (every check already done) Ray starts meanwhile; a cluster's checks come first.
         client = None if sweep.address else pool.submit(_mlflow_client, sweep.tracking_uri)
         if started_here:  # "local": never join a cluster some earlier `ray start` left behind
-            ray.init(address=sweep.address or "local", include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=False, num_cpus=None if sweep.address else os.cpu_count())
+            with contextlib.nullcontext() if sweep.address else loopback_only():
+                ray.init(address=sweep.address or "local", include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False, num_cpus=None if sweep.address else os.cpu_count())
         try:
             if client is None:  # a cluster: a trial no node can hold, a storage some node cannot see
                 sweep = fit_resources(sweep)

@@ -5,7 +5,9 @@ Each is a ``setdefault``: a value the user exported wins.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 #: The test-only fault hook's variable (see testing.py); never set in normal use.
@@ -58,3 +60,38 @@ def use_ray_token() -> None:
     if (os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
             .expanduser().is_file()):
         os.environ["RAY_AUTH_MODE"] = "token"
+
+
+#: What a local Ray 2.60 would otherwise expose to the network: Prometheus endpoints (the
+#: dashboard agent's exporter, and dashboard.py's and the autoscaler monitor's, which start even
+#: without a dashboard). The metrics collection switch removes the first; a port of -1 makes the
+#: other two fail to bind, which Ray catches (one logged ERROR each in the session's logs).
+NO_METRICS_ENV = {"RAY_enable_metrics_collection": "0", "DASHBOARD_METRIC_PORT": "-1",
+                  "AUTOSCALER_METRIC_PORT": "-1"}
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Around ``ray.init`` of a local instance: every process it starts listens on 127.0.0.1
+    only, and none serves metrics. Ray 2.60 binds to its node IP address and turns a loopback
+    ``_node_ip_address`` back into the host's; its own switch for a machine-local node (what it
+    does on macOS and Windows) is ``ray_constants.ENABLE_RAY_CLUSTER``, read when the node's
+    address is chosen, so it is turned off only for this call (a later ``ray.init`` that joins a
+    cluster in the same process must see the host's address). The processes started read the
+    metrics settings from the environment they inherit; a value the user exported wins."""
+    from ray._private import ray_constants
+
+    saved_env = {key: os.environ.get(key) for key in NO_METRICS_ENV}
+    saved_cluster = ray_constants.ENABLE_RAY_CLUSTER
+    for key, value in NO_METRICS_ENV.items():
+        os.environ.setdefault(key, value)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_cluster
+        for key, old in saved_env.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
