@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from dcsweep.compression import CODERS, INITS, CompressedFileError
 from dcsweep.runner.cycle import ConfigError, DataError, DivergedError
-from dcsweep.runner.sweep import Storage, Sweep, default_storage
+from dcsweep.runner.sweep import Storage, StorageFull, Sweep, default_storage
 
 log = logging.getLogger("dcsweep")
 
@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, DataError, CompressedFileError) as exc:
         print(f"dcsweep: error: {exc}", file=sys.stderr)
         return 2
-    except DivergedError as exc:
+    except (DivergedError, StorageFull) as exc:  # the cause is known: one line says it
         print(f"dcsweep: failed: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - any failure while running: its traceback, then its cause

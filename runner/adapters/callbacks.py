@@ -16,8 +16,10 @@ from ray import tune
 from dcsweep.runner.cycle import DIVERGED, FINAL, CycleConfig, CycleResult, Report
 from dcsweep.runner.cycle.pareto import label, pareto_mask
 from dcsweep.runner.cycle.results import MODEL_FILE, PLOTS_DIR, RESULT_FILE
+from dcsweep.runner.sweep.storage import StorageFull, is_full
 from dcsweep.search_spaces import SearchSpace
 
+from . import uploads
 from .tracking import SweepTracker
 
 log = logging.getLogger("dcsweep")
@@ -167,3 +169,32 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         sys.stderr.write(f"trial {trial.trial_id} ({label(_swept(self.space, trial.config))}) failed\n")
+
+
+class StorageGuard(tune.Callback):
+    """Stops the sweep at the first sign that the storage's device is full: a trial that failed
+    writing to it (its error reaches the driver as text in the trial's error file) or the
+    driver's own upload of Tune's state. Every trial would fail in turn otherwise, each after
+    its retries. Raised from a callback, StorageFull ends ``Tuner.fit`` with the experiment
+    state as last saved whole (see uploads.py), so the trials resume once space is freed."""
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check(trial)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if uploads.FULL_WRITES:
+            raise StorageFull(f"writing {uploads.FULL_WRITES[-1]} failed: no space left on device")
+
+    @staticmethod
+    def _check(trial: Any) -> None:
+        path = getattr(trial, "error_file", None)
+        try:
+            text = Path(path).read_text(errors="replace") if path else ""
+        except OSError:
+            text = ""
+        if is_full(text.rsplit("Failure # ", 1)[-1][:20000]):  # the latest failure only
+            raise StorageFull(f"trial {trial.trial_id} failed writing to the storage: no space left on device")
+

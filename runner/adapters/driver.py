@@ -23,11 +23,14 @@ from dcsweep.runner.cycle.pareto import mark_front
 from dcsweep.runner.cycle.results import RATIO_METRIC
 from dcsweep.runner.sweep import Sweep
 from dcsweep.runner.sweep.spec import write_sweep_files
+from dcsweep.runner.sweep.storage import is_full, storage_full
 from dcsweep.search_spaces import SearchSpace
 
+from . import uploads
 from .env import keep_secrets_out_of_runtime_env, loopback_only, set_driver_defaults
 from .nodes import check_shared_storage, fit_resources, start_baseline
 from .trainable import trial
+from .uploads import make_uploads_atomic
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -57,6 +60,8 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
     """Run (or, with ``sweep.resume``, continue) the sweep; the JSON of ``dcsweep run``."""
     set_driver_defaults()
     keep_secrets_out_of_runtime_env()
+    make_uploads_atomic()
+    uploads.FULL_WRITES.clear()
     started_here = not ray.is_initialized()
     with ThreadPoolExecutor(2, thread_name_prefix="dcsweep") as pool:
         # Importing MLflow and creating a new store's tables take seconds: for a local sweep
@@ -89,7 +94,7 @@ def _mlflow_client(uri: str) -> MlflowClient:
 
 def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
          ) -> tuple[SweepTracker, dict[str, Any], tune.ResultGrid]:
-    from .callbacks import MlflowCallback, ProgressCallback, register_tracker, sync_results
+    from .callbacks import MlflowCallback, ProgressCallback, StorageGuard, register_tracker, sync_results
     from .tracking import SweepTracker
 
     # the tracking store first: one MLflow cannot use fails the sweep before anything is written
@@ -103,7 +108,7 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
         write_sweep_files(sweep)
     baseline = start_baseline(sweep, pool)
     register_tracker(tracker)
-    callbacks = [MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space)]
+    callbacks = [StorageGuard(), MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space)]
     try:
         # the baseline in a list: Ray refuses to put an ObjectRef itself, but keeps one nested
         trainable = tune.with_parameters(trial, baseline=None if baseline is None else [baseline.key, baseline.ref],
@@ -135,12 +140,22 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
         except Exception as exc:  # noqa: BLE001 - MLflow unreachable: the storage keeps everything
             log.warning("MLflow is unreachable at the end of the sweep (%s); `dcsweep resume %s` logs the "
                         "results kept in the sweep storage", str(exc).splitlines()[0][:200], sweep.name)
-    except BaseException:
+    except BaseException as exc:
         if baseline is not None:
             baseline.abandon()
+        if not (is_full(exc) or uploads.FULL_WRITES):
+            with contextlib.suppress(Exception):
+                tracker.finish("FAILED")
+            raise
+        full = storage_full(sweep.storage, sweep.name)
+        with contextlib.suppress(Exception):  # MLflow's store may be on the full device too
+            tracker.finish("FAILED", children="FAILED", error=str(full))
+        raise full from exc
+    if uploads.FULL_WRITES:  # Tune's last save of its state did not fit: resume needs it
+        full = storage_full(sweep.storage, sweep.name)
         with contextlib.suppress(Exception):
-            tracker.finish("FAILED")
-        raise
+            tracker.finish("FAILED", children="FAILED", error=str(full))
+        raise full
     return tracker, {"name": sweep.name, "storage": str(sweep.storage), "tracking_uri": sweep.tracking_uri,
                      "experiment_id": tracker.experiment_id, "parent_run_id": tracker.parent_id,
                      "errors": errors}, results

@@ -8,6 +8,7 @@ and are never logged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dcsweep.runner.cycle import STEPS, ConfigError, CycleResult, Trial
@@ -51,6 +53,8 @@ class SweepTracker:
             self.parent_id = parents[0].info.run_id
             if parents[0].info.status != "RUNNING":
                 self.client.update_run(self.parent_id, status="RUNNING")
+                if "error" in parents[0].data.tags:  # why it stopped last time
+                    self.client.delete_tag(self.parent_id, "error")
         else:
             self.parent_id = self.client.create_run(self.experiment_id, run_name=name,
                                                     tags={ROLE: "parent", SWEEP: name}).info.run_id
@@ -94,6 +98,8 @@ class SweepTracker:
         if self._status[run_id] not in ("RUNNING", "FINISHED"):
             self.client.update_run(run_id, status="RUNNING")
             self._status[run_id] = "RUNNING"
+            with contextlib.suppress(MlflowException):  # the last attempt's error, if it has one
+                self.client.delete_tag(run_id, "error")
 
     def log_phase(self, trial_id: str, phase: str, metrics: Mapping[str, float]) -> None:
         """Metrics of one finished phase at step 0 (dense) .. 3 (final); a step already logged
@@ -133,9 +139,15 @@ class SweepTracker:
         self.client.set_terminated(run_id, "FAILED")
         self._status[run_id] = "FAILED"
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", children: str = "KILLED", error: str | None = None) -> None:
+        """End the parent with ``status`` and any child still RUNNING with ``children`` (and an
+        ``error`` tag when given); a resumed sweep reopens them."""
         for run in self._search(f"tags.`{ROLE}` = 'child' and attributes.status = 'RUNNING'"):
-            self.client.set_terminated(run.info.run_id, "KILLED")
+            if error:
+                self.client.set_tag(run.info.run_id, "error", error[-4000:])
+            self.client.set_terminated(run.info.run_id, children)
+        if error:
+            self.client.set_tag(self.parent_id, "error", error[-4000:])
         self.client.set_terminated(self.parent_id, status)
 
     # -- Pareto -----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from dcsweep.runner.cycle import FINAL, CycleCallbacks, CycleResult, DivergedErr
 from dcsweep.runner.cycle.results import MODEL_FILE, PLOTS_DIR, RESULT_FILE
 
 from .env import TEST_HOOKS
+from .uploads import make_uploads_atomic
 
 TRIAL_PREFIX = "dcsweep-trial-"
 
@@ -68,6 +69,7 @@ def trial(config: dict[str, Any], baseline: list[Any] | None = None, swept: tupl
     if missing:  # e.g. a Tune state that failed to restore and made up a trial: never run it
         raise ValueError(f"trial config lacks the space's swept settings {missing}: it is not from this sweep's "
                          f"space, so it is not run")
+    make_uploads_atomic()  # this worker's checkpoints reach the storage whole or not at all
     checkpoint = tune.get_checkpoint()
     with contextlib.ExitStack() as stack:
         resume = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None

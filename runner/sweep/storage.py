@@ -9,7 +9,10 @@ stores) and are never written anywhere.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +120,10 @@ class Storage:
     def _entries(self, parts: tuple[str, ...], folders: bool) -> list[str]:
         if self.local is not None:
             base = self.local.joinpath(*parts)
-            found = [p.name for p in base.iterdir() if p.is_dir() == folders] if base.is_dir() else []
-            return sorted(found)
+            try:
+                return sorted(p.name for p in base.iterdir() if p.is_dir() == folders)
+            except (FileNotFoundError, NotADirectoryError):  # none, or removed while we looked
+                return []
         from pyarrow import fs
 
         infos = self.fs.get_file_info(fs.FileSelector(self._remote(*parts), allow_not_found=True))
@@ -136,3 +141,79 @@ class Storage:
         except Exception as exc:  # noqa: BLE001 - OSError locally, pyarrow's errors remotely
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
             raise ConfigError(f"storage {self.root} is not writable: {reason}") from None
+
+
+# -- a full device ----------------------------------------------------------------------------
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: How a full device reads in an error's text (a trial's error reaches the driver as text).
+FULL_TEXT = re.compile(r"\[Errno (?:28|122)\]|No space left on device|Disk quota exceeded")
+
+
+class StorageFull(OSError):
+    """The device holding the sweep storage is full (or the user's quota is spent)."""
+
+
+def is_full(error: BaseException | str | None) -> bool:
+    """Whether ``error`` (an exception with its causes, or an error's text) is a full device."""
+    if isinstance(error, str):
+        return bool(FULL_TEXT.search(error))
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, StorageFull) or (isinstance(error, OSError) and error.errno in FULL_ERRNOS):
+            return True
+        if FULL_TEXT.search(str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def storage_full(storage: Storage, name: str) -> StorageFull:
+    """The one-line error of a sweep stopped by a full storage device, naming the device."""
+    return StorageFull(f"no space left on the device of the sweep storage {storage}: "
+                       f"{describe_device(storage)}. The sweep stopped; what it saved before is intact. "
+                       f"Free space there, then `dcsweep resume {name}`")
+
+
+def describe_device(storage: Storage) -> str:
+    if storage.local is None:
+        return "an object store (its quota is spent)"
+    path = storage.local
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    mount, device, kind = _mount_of(path)
+    try:
+        usage = shutil.disk_usage(path)
+        space = f"{_size(usage.free)} free of {_size(usage.total)}"
+    except OSError:
+        space = "its size unknown"
+    return f"{device} ({kind}) mounted at {mount}, {space}"
+
+
+def _mount_of(path: Path) -> tuple[str, str, str]:
+    """(mount point, device, filesystem type) of the mount holding ``path``: the longest mount
+    point above it in /proc/self/mounts (Linux); else the path itself."""
+    best = (str(path), "the device", "unknown filesystem")
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return best
+    resolved, length = str(path.resolve()), -1
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > length:
+            best, length = (point, fields[0], fields[2]), len(point)
+    return best
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: The bucket the moto S3 server of the tests holds.
+BUCKET = "dcsweep-test"
+
 #: A sweep of 6 short trials whose runs, checkpoints and front the resume tests compare.
 SPACE = """
 name: resumable

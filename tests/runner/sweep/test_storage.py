@@ -3,15 +3,8 @@ through pyarrow, as Ray Tune reaches it, with the endpoint and keys from the env
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,44 +13,7 @@ from mlflow.tracking import MlflowClient
 from dcsweep.runner.cycle import ConfigError
 from dcsweep.runner.sweep import Storage
 
-from ..helpers import SPACE, cli, finish
-
-BUCKET = "dcsweep-test"
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[dict[str, str]]:
-    """moto's S3 server on 127.0.0.1 with one bucket; the environment a client needs for it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(env["AWS_ENDPOINT_URL"], timeout=2).close()
-                break
-            assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
-            time.sleep(0.3)
-        import boto3
-
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
-        yield env
-    finally:
-        os.killpg(server.pid, 9)
-        server.wait()
-
-
-@pytest.fixture()
-def s3_env(s3: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for key, value in s3.items():
-        monkeypatch.setenv(key, value)
-    return s3
+from ..helpers import BUCKET, SPACE, cli, finish
 
 
 def _keys(env: dict[str, str], prefix: str) -> list[str]:
@@ -119,3 +75,29 @@ def test_a_sweep_on_s3(s3: dict[str, str], tmp_path: Path) -> None:
         resumed = finish(proc)
     assert json.dumps(sorted(t["run_id"] for t in resumed["trials"])) == json.dumps(
         sorted(t["run_id"] for t in result["trials"]))
+
+
+def test_a_full_device_is_recognised_through_causes_and_in_text() -> None:
+    import errno
+
+    from dcsweep.runner.sweep.storage import is_full
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("the sweep failed") from inner
+    except RuntimeError as outer:
+        assert is_full(outer)
+    assert is_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_full("OSError: [Errno 28] Error writing bytes to file")
+    assert not is_full(OSError(errno.EACCES, "Permission denied")) and not is_full("Errno 2")
+
+
+def test_a_full_storage_names_its_device(tmp_path) -> None:
+    from dcsweep.runner.sweep.storage import StorageFull, storage_full
+
+    error = storage_full(Storage(tmp_path / "not-yet"), "s1")
+    assert isinstance(error, StorageFull)
+    assert str(error).startswith(f"no space left on the device of the sweep storage {tmp_path / 'not-yet'}: ")
+    assert " mounted at /" in str(error) and " free of " in str(error) and "`dcsweep resume s1`" in str(error)

@@ -1,0 +1,91 @@
+"""A sweep whose storage fills up: one line naming the device, runs FAILED (not RUNNING), no
+file cut short, and `dcsweep resume` finishes the sweep once space is freed.
+
+The storage is a 1 MiB tmpfs mounted in a private mount namespace (``unshare -m``), grown to
+64 MiB before the resume. Where the machine cannot do that (not root, no unshare), the test
+skips and says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ..helpers import SPACE, can_unshare
+
+MLFLOW_STATE = """
+import json, sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient(sys.argv[1])
+experiment = client.get_experiment_by_name("full")
+runs = client.search_runs([experiment.experiment_id]) if experiment else []
+print(json.dumps([{"role": r.data.tags.get("dcsweep.role"), "status": r.info.status,
+                   "error": r.data.tags.get("error", "")} for r in runs]))
+"""
+
+SCRIPT = """
+set -u
+mount -t tmpfs -o size=1M tmpfs "$STORE" || exit 77
+dcsweep() {{ "{python}" -m dcsweep.runner.cli "$@"; }}
+dcsweep run "$SPACE" --name full --storage "$STORE" --tracking-uri "$URI" --json > "$OUT/run.json" 2> "$OUT/run.err"
+echo $? > "$OUT/run.rc"
+find "$STORE" -type f \\( -size 0 -o -name '*.part' \\) ! -name .validate_storage_marker > "$OUT/cut-short.txt"
+"{python}" -c "$MLFLOW_STATE" "$URI" > "$OUT/after-run.json"
+mount -o remount,size=64M "$STORE"
+dcsweep resume full --storage "$STORE" --json > "$OUT/resume.json" 2> "$OUT/resume.err"
+echo $? > "$OUT/resume.rc"
+"{python}" -c "$MLFLOW_STATE" "$URI" > "$OUT/after-resume.json"
+"""
+
+
+def _can_mount_tmpfs(tmp_path: Path) -> bool:
+    target = tmp_path / "probe"
+    target.mkdir()
+    return subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(target)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_full_storage_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path: Path) -> None:
+    if not can_unshare() or not _can_mount_tmpfs(tmp_path):
+        pytest.skip("needs `unshare -m` and mounting a tmpfs (root in a container, say); cannot here")
+    store, out = tmp_path / "store", tmp_path / "out"
+    store.mkdir()
+    out.mkdir()
+    (tmp_path / "space.yaml").write_text(SPACE)
+    env = {"STORE": str(store), "OUT": str(out), "SPACE": str(tmp_path / "space.yaml"),
+           "URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_STATE": MLFLOW_STATE}
+    script = textwrap.dedent(SCRIPT).format(python=sys.executable)
+    done = subprocess.run(["unshare", "-m", "bash", "-c", script], env={**os.environ, **env}, timeout=1500,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # the sweep filled the device mid-way and said so in its last line, naming the device
+    err = (out / "run.err").read_text()
+    assert (out / "run.rc").read_text().strip() == "1", err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"dcsweep: failed: no space left on the device of the sweep storage {store}: "
+                           f"tmpfs (tmpfs) mounted at {store}"), last
+    assert "dcsweep resume full" in last
+    assert "dense accuracy" in err  # trials ran before the device filled
+    # nothing in the storage was cut short: every file there is whole (or absent)
+    assert (out / "cut-short.txt").read_text() == ""
+    # no run left RUNNING: the parent and the children that were running are FAILED, saying why
+    runs = json.loads((out / "after-run.json").read_text())
+    assert runs and not [r for r in runs if r["status"] == "RUNNING"], runs
+    parent = next(r for r in runs if r["role"] == "parent")
+    assert parent["status"] == "FAILED" and "no space left on the device" in parent["error"]
+    assert any(r["status"] == "FAILED" and "no space left" in r["error"] for r in runs if r["role"] == "child")
+
+    # with space freed, resume finishes every trial; the runs end FINISHED with no stale error
+    resume_err = (out / "resume.err").read_text()
+    assert (out / "resume.rc").read_text().strip() == "0", resume_err[-3000:]
+    result = json.loads((out / "resume.json").read_text())
+    assert result["errors"] == [] and len(result["trials"]) == 6
+    runs = json.loads((out / "after-resume.json").read_text())
+    assert len(runs) == 7 and all(r["status"] == "FINISHED" and not r["error"] for r in runs), runs
