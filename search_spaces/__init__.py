@@ -9,10 +9,12 @@ resources) and a swept part (what differs between trials), plus how to search it
       sparsity: {grid: [0.8, 0.9, 0.95]}      # every value, crossed with the other grids
       k: {choice: [4, 16, 32]}                 # sampled (random / optuna search)
       lr: {loguniform: [1.0e-4, 1.0e-2]}       # also: uniform [lo, hi], randint [lo, hi]
+      k_fc: {randint: [8, 64], step: 8}        # a range's values snapped to a step: they repeat
     search: {algorithm: grid, num_samples: 1, max_concurrent: 2, seed: 0}
     resources: {cpu: 1, gpu: 0}
     max_failures: 2
     smoke: {epochs: 1, prune_epochs: 1}        # --smoke-test overrides (a few trials, tiny epochs)
+    share_stages: true                         # trials share pruned/shared models (default)
 
 Loading checks the structure and, through ``check_settings``, every value a trial could get;
 errors name the file, the field, the value and what is allowed.
@@ -30,11 +32,12 @@ from typing import Any, NoReturn
 import yaml
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+RANGES = ("uniform", "loguniform", "randint")
 #: A space file is a few hundred bytes; these bound what an untrusted one can make us hold.
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000  # values after YAML aliases are expanded (a 590-byte alias bomb expands to billions)
 ALGORITHMS = ("grid", "random", "optuna")
-TOP_KEYS = ("name", "description", "fixed", "swept", "search", "resources", "max_failures", "smoke")
+TOP_KEYS = ("name", "description", "fixed", "swept", "search", "resources", "max_failures", "smoke", "share_stages")
 
 
 class SpaceError(ValueError):
@@ -46,6 +49,15 @@ class Dimension:
     name: str
     kind: str
     values: tuple[Any, ...]  # grid/choice: the values; ranges: (low, high)
+    #: ranges only: sampled values snap to multiples of this, so trials repeat values and share
+    #: stages (e.g. sparsity {uniform: [0.8, 0.99], step: 0.01} has 20 values)
+    step: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {self.kind: list(self.values)}
+        if self.step is not None:
+            spec["step"] = self.step
+        return spec
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,8 @@ class SearchSpace:
     gpu: float = 0.0
     max_failures: int = 2
     smoke: dict[str, Any] = field(default_factory=dict)
+    #: trials take the pruned and shared models other trials computed with the same settings
+    share_stages: bool = True
 
     @property
     def grid_size(self) -> int:
@@ -71,11 +85,11 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """The space as a plain YAML-able mapping (what a sweep stores to detect changes)."""
         return {"name": self.name, "description": self.description, "fixed": dict(self.fixed),
-                "swept": {d.name: {d.kind: list(d.values)} for d in self.swept},
+                "swept": {d.name: d.to_dict() for d in self.swept},
                 "search": {"algorithm": self.algorithm, "num_samples": self.num_samples,
                            "max_concurrent": self.max_concurrent, "seed": self.seed},
                 "resources": {"cpu": self.cpu, "gpu": self.gpu}, "max_failures": self.max_failures,
-                "smoke": dict(self.smoke)}
+                "smoke": dict(self.smoke), "share_stages": self.share_stages}
 
 
 def list_spaces() -> list[str]:
@@ -185,13 +199,20 @@ def _parse(raw: Any, source: str) -> SearchSpace:
         cpu=_resource(source, "resources.cpu", res.get("cpu", 1), 0.01),
         gpu=_resource(source, "resources.gpu", res.get("gpu", 0), 0.0),
         max_failures=_int(source, "max_failures", top.get("max_failures", 2), 0),
-        smoke=_mapping(source, top.get("smoke"), "smoke"))
+        smoke=_mapping(source, top.get("smoke"), "smoke"),
+        share_stages=_bool(source, "share_stages", top.get("share_stages", True)))
     return space
 
 
 def _text(source: str, where: str, value: Any) -> str:
     if not isinstance(value, str):
         _fail(source, where, value, "a string")
+    return value
+
+
+def _bool(source: str, where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        _fail(source, where, value, "true or false")
     return value
 
 
@@ -209,9 +230,13 @@ def _resource(source: str, where: str, value: Any, lo: float) -> float:
 
 def _dimension(source: str, name: str, spec: Any) -> Dimension:
     where = f"swept.{name}"
-    if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in KINDS:
-        _fail(source, where, spec, f"a mapping with one key of {list(KINDS)}, e.g. {{grid: [0.8, 0.9]}}")
-    kind, values = next(iter(spec.items()))
+    kinds = [k for k in spec if k in KINDS] if isinstance(spec, Mapping) else []
+    if (not isinstance(spec, Mapping) or len(kinds) != 1 or set(spec) - {*kinds, "step"}
+            or ("step" in spec and kinds[0] not in RANGES)):
+        _fail(source, where, spec, f"a mapping with one key of {list(KINDS)}, e.g. {{grid: [0.8, 0.9]}} "
+              f"(and, for {list(RANGES)}, an optional step)")
+    kind = kinds[0]
+    values = spec[kind]
     if not isinstance(values, list) or not values:
         _fail(source, f"{where}.{kind}", values, "a non-empty list")
     if kind in ("uniform", "loguniform", "randint"):
@@ -223,7 +248,13 @@ def _dimension(source: str, name: str, spec: Any) -> Dimension:
                   + (" and low > 0" if kind == "loguniform" else "") + (" as integers" if kind == "randint" else ""))
     elif len(set(map(repr, values))) != len(values):
         _fail(source, f"{where}.{kind}", values, "a list without repeats")
-    return Dimension(name, kind, tuple(values))
+    step = spec.get("step")
+    if step is not None:
+        ok = isinstance(step, (int, float)) and not isinstance(step, bool) and 0 < step <= values[1] - values[0]
+        if not ok or (kind == "randint" and not isinstance(step, int)):
+            _fail(source, f"{where}.step", step, f"a number in (0, {values[1] - values[0]}]"
+                  + (" (an integer)" if kind == "randint" else ""))
+    return Dimension(name, kind, tuple(values), step)
 
 
 def _check_values(space: SearchSpace, check: Callable[[dict[str, Any]], object]) -> None:

@@ -80,7 +80,8 @@ class MlflowCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         report = Report.from_metrics(result)
         if report.step is not None:
-            self._safely("metrics", trial, lambda tid: self.tracker.log_phase(tid, report.phase, report.numbers))
+            self._safely("metrics", trial,
+                         lambda tid: self.tracker.log_phase(tid, report.phase, report.numbers, report.stages))
         elif report.phase == DIVERGED:
             self._safely("divergence", trial, lambda tid: self.tracker.fail_trial(tid, report.error or ""))
 
@@ -126,7 +127,7 @@ def sync_results(tracker: SweepTracker, space: SearchSpace, results: Any) -> Non
         for row in [] if frame is None else frame.to_dict("records"):
             report = Report.from_metrics(row)
             if report.step is not None:
-                tracker.log_phase(trial_id, report.phase, report.numbers)
+                tracker.log_phase(trial_id, report.phase, report.numbers, report.stages)
         last = Report.from_metrics(metrics)
         if last.phase == DIVERGED:
             tracker.fail_trial(trial_id, last.error or "")
@@ -198,3 +199,14 @@ class StorageGuard(tune.Callback):
         if is_full(text.rsplit("Failure # ", 1)[-1][:20000]):  # the latest failure only
             raise StorageFull(f"trial {trial.trial_id} failed writing to the storage: no space left on device")
 
+
+def stage_totals(results: Any) -> tuple[int, int, float]:
+    """(stages computed, stages reused, trial-seconds saved) over the trials' last reports."""
+    computed = reused = 0
+    saved = 0.0
+    for result in results:
+        metrics = result.metrics or {}
+        for phase, (_, was_reused) in Report.from_metrics(metrics).stages.items():
+            reused, computed = reused + was_reused, computed + (not was_reused)
+            saved += float(metrics.get(f"seconds_saved_{phase}") or 0.0)
+    return computed, reused, saved

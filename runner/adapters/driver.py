@@ -10,17 +10,21 @@ late: importing MLflow and opening its store take seconds that overlap Ray's sta
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import logging
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
 
-from dcsweep.runner.cycle import DIVERGED, FINAL, Trial
+from dcsweep.runner.cycle import DIVERGED, FINAL, CycleConfig, Trial
 from dcsweep.runner.cycle.pareto import mark_front
 from dcsweep.runner.cycle.results import RATIO_METRIC
+from dcsweep.runner.cycle.stages import stage_keys
 from dcsweep.runner.sweep import Sweep
 from dcsweep.runner.sweep.spec import write_sweep_files
 from dcsweep.runner.sweep.storage import is_full, storage_full
@@ -40,19 +44,50 @@ if TYPE_CHECKING:
 log = logging.getLogger("dcsweep")
 
 
+def ordered_grid(space: SearchSpace) -> list[dict[str, Any]] | None:
+    """The grid's points in the order that shares stages soonest: first one trial per distinct
+    pruned stage (each computes its own, in parallel), then the trials that take them. Tune's
+    own grid order varies one setting fastest, which would have the first trials all wait for
+    one pruned model. None when the space is not a grid whose trials share stages."""
+    grid = [d for d in space.swept if d.kind == "grid"]
+    if space.algorithm != "grid" or not space.share_stages or not grid:
+        return None
+    groups: dict[str, list[dict[str, Any]]] = {}
+    fixed = {**space.fixed, **ladder_of(space)}
+    for values in itertools.product(*(d.values for d in grid)):
+        point = {d.name: v for d, v in zip(grid, values, strict=True)}
+        key = stage_keys(CycleConfig.from_dict({**fixed, **point}))["pruned"]
+        groups.setdefault(key, []).append(point)
+    ordered = [p for rank in itertools.zip_longest(*groups.values()) for p in rank if p is not None]
+    return ordered * space.num_samples
+
+
+def ladder_of(space: SearchSpace) -> dict[str, Any]:
+    """``{"ladder": the swept sparsities}`` for a space that prunes on a ladder and does not
+    give its rungs itself; else nothing."""
+    if space.fixed.get("prune_schedule") != "ladder" or "ladder" in space.fixed:
+        return {}
+    values = [v for d in space.swept if d.name == "sparsity" and d.kind in ("grid", "choice") for v in d.values]
+    return {"ladder": sorted(values)} if values else {}
+
+
 def param_space(space: SearchSpace) -> dict[str, Any]:
-    params: dict[str, Any] = dict(space.fixed)
+    params: dict[str, Any] = {**space.fixed, **ladder_of(space)}
+    presets = ordered_grid(space) is not None  # the grid's values come as the searcher's points
     for d in space.swept:
         if d.kind == "grid" and space.algorithm == "grid":
-            params[d.name] = tune.grid_search(list(d.values))
+            # the searcher's points set these (Tune wants each one declared, and checks them)
+            params[d.name] = tune.choice(list(d.values)) if presets else tune.grid_search(list(d.values))
         elif d.kind in ("grid", "choice"):
             params[d.name] = tune.choice(list(d.values))
-        elif d.kind == "uniform":
-            params[d.name] = tune.uniform(*d.values)
-        elif d.kind == "loguniform":
-            params[d.name] = tune.loguniform(*d.values)
-        else:
-            params[d.name] = tune.randint(*d.values)
+        else:  # a range; snapped to its step, values repeat and trials share stages
+            low, high = d.values
+            if d.kind == "uniform":
+                params[d.name] = tune.quniform(low, high, d.step) if d.step else tune.uniform(low, high)
+            elif d.kind == "loguniform":
+                params[d.name] = tune.qloguniform(low, high, d.step) if d.step else tune.loguniform(low, high)
+            else:
+                params[d.name] = tune.qrandint(low, high, int(d.step)) if d.step else tune.randint(low, high)
     return params
 
 
@@ -94,7 +129,14 @@ def _mlflow_client(uri: str) -> MlflowClient:
 
 def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
          ) -> tuple[SweepTracker, dict[str, Any], tune.ResultGrid]:
-    from .callbacks import MlflowCallback, ProgressCallback, StorageGuard, register_tracker, sync_results
+    from .callbacks import (
+        MlflowCallback,
+        ProgressCallback,
+        StorageGuard,
+        register_tracker,
+        stage_totals,
+        sync_results,
+    )
     from .tracking import SweepTracker
 
     # the tracking store first: one MLflow cannot use fails the sweep before anything is written
@@ -112,7 +154,8 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
     try:
         # the baseline in a list: Ray refuses to put an ObjectRef itself, but keeps one nested
         trainable = tune.with_parameters(trial, baseline=None if baseline is None else [baseline.key, baseline.ref],
-                                         swept=tuple(d.name for d in sweep.space.swept))
+                                         swept=tuple(d.name for d in sweep.space.swept),
+                                         stages=sweep.storage.root if sweep.space.share_stages else None)
         trainable = tune.with_resources(trainable, {"cpu": sweep.space.cpu, "gpu": sweep.space.gpu})
         path = sweep.storage.uri(*sweep.folder, "tune")
         if sweep.resume and tune.Tuner.can_restore(path):
@@ -136,6 +179,7 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
                    if r.error is None and r.metrics and r.metrics.get("phase") == DIVERGED]
         try:
             sync_results(tracker, sweep.space, results)
+            tracker.log_stage_totals(*stage_totals(results))
             tracker.finish("FAILED" if errors and len(errors) == len(results) else "FINISHED")
         except Exception as exc:  # noqa: BLE001 - MLflow unreachable: the storage keeps everything
             log.warning("MLflow is unreachable at the end of the sweep (%s); `dcsweep resume %s` logs the "
@@ -156,9 +200,11 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
         with contextlib.suppress(Exception):
             tracker.finish("FAILED", children="FAILED", error=str(full))
         raise full
+    computed, reused, saved = stage_totals(results)
     return tracker, {"name": sweep.name, "storage": str(sweep.storage), "tracking_uri": sweep.tracking_uri,
                      "experiment_id": tracker.experiment_id, "parent_run_id": tracker.parent_id,
-                     "errors": errors}, results
+                     "errors": errors, "stages": {"computed": computed, "reused": reused,
+                                                  "trial_seconds_saved": saved}}, results
 
 
 def _final_trials(tracker: SweepTracker, sweep: Sweep, results: tune.ResultGrid,
@@ -180,6 +226,16 @@ def _each(results: tune.ResultGrid) -> list[tune.Result]:
     return [results[i] for i in range(len(results))]
 
 
+def trial_dirname(swept: tuple[str, ...], trial: Any) -> str:
+    """Tune's own folder name for a trial, ``trial_<id>_<n>_<settings>_<date>``, with the swept
+    settings even when they came as the searcher's points (which Tune leaves out)."""
+    from ray.tune.search.variant_generator import format_vars
+
+    values = format_vars({(name,): trial.config[name] for name in swept if name in trial.config})
+    tag = trial.experiment_tag if not values or values in trial.experiment_tag else f"{trial.experiment_tag}_{values}"
+    return f"{trial}_{tag}"[:130] + time.strftime("_%Y-%m-%d_%H-%M-%S")
+
+
 def _tune_config(space: SearchSpace) -> tune.TuneConfig:
     if space.algorithm == "optuna":
         import optuna
@@ -192,5 +248,12 @@ def _tune_config(space: SearchSpace) -> tune.TuneConfig:
         return tune.TuneConfig(search_alg=ConcurrencyLimiter(search, max_concurrent=space.max_concurrent),
                                num_samples=space.num_samples, reuse_actors=True)
     # reuse_actors: a trial's worker keeps torch imported for the next trial (seconds each)
+    points = ordered_grid(space)
+    if points is not None:
+        from ray.tune.search import BasicVariantGenerator
+
+        return tune.TuneConfig(num_samples=len(points), reuse_actors=True, search_alg=BasicVariantGenerator(
+            points_to_evaluate=points, max_concurrent=space.max_concurrent),
+            trial_dirname_creator=functools.partial(trial_dirname, tuple(d.name for d in space.swept)))
     return tune.TuneConfig(num_samples=space.num_samples, max_concurrent_trials=space.max_concurrent,
                            reuse_actors=True)

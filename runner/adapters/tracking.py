@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -27,6 +27,7 @@ from dcsweep.runner.cycle.results import RATIO_METRIC
 
 log = logging.getLogger("dcsweep")
 ROLE, SWEEP, TRIAL = "dcsweep.role", "dcsweep.sweep", "dcsweep.trial_id"
+STAGE_TAG = "dcsweep.stage"  # dcsweep.stage.pruned = the key of the pruned stage a trial used
 PARENT_TAG = "mlflow.parentRunId"
 PARETO_TAG = "pareto_optimal"
 #: Runs asked of MLflow per call; every search pages through all of them.
@@ -101,17 +102,29 @@ class SweepTracker:
             with contextlib.suppress(MlflowException):  # the last attempt's error, if it has one
                 self.client.delete_tag(run_id, "error")
 
-    def log_phase(self, trial_id: str, phase: str, metrics: Mapping[str, float]) -> None:
-        """Metrics of one finished phase at step 0 (dense) .. 3 (final); a step already logged
-        (a resumed trial redoing a phase) is skipped."""
+    def log_phase(self, trial_id: str, phase: str, metrics: Mapping[str, float],
+                  stages: Mapping[str, tuple[str, bool]] | None = None) -> None:
+        """Metrics of one finished phase at step 0 (dense) .. 3 (final), and the keys of the
+        stages the trial used so far as tags (``dcsweep.stage.<phase>``, with ``...reused``);
+        a step already logged (a resumed trial redoing a phase) is skipped."""
         run_id = self._runs[trial_id]
         step = STEPS[phase]
         if step <= self._last_step.get(run_id, -1) or self.finished(trial_id):
             return
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        self.client.log_batch(run_id, metrics=batch)
+        tags = [RunTag(f"{STAGE_TAG}.{p}", key) for p, (key, _) in (stages or {}).items()]
+        tags += [RunTag(f"{STAGE_TAG}.{p}.reused", str(reused).lower()) for p, (_, reused) in (stages or {}).items()]
+        self.client.log_batch(run_id, metrics=batch, tags=tags)
         self._last_step[run_id] = step
+
+    def log_stage_totals(self, computed: int, reused: int, seconds_saved: float) -> None:
+        """On the parent: stages this sweep's trials computed and took from others (or from
+        earlier sweeps), and the trial-seconds that taking them saved."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[
+            Metric("stages_computed", computed, now, 0), Metric("stages_reused", reused, now, 0),
+            Metric("trial_seconds_saved", seconds_saved, now, 0)])
 
     def finish_trial(self, trial_id: str, result: CycleResult | None, files: Mapping[str, Path]) -> None:
         run_id = self._runs[trial_id]

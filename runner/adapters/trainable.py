@@ -23,6 +23,7 @@ from ray import tune
 
 from dcsweep.runner.cycle import FINAL, CycleCallbacks, CycleResult, DivergedError, Report, run_cycle, train_baseline
 from dcsweep.runner.cycle.results import MODEL_FILE, PLOTS_DIR, RESULT_FILE
+from dcsweep.runner.sweep.stages import StageStore
 
 from .env import TEST_HOOKS
 from .uploads import make_uploads_atomic
@@ -61,10 +62,12 @@ def _report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
     tune.report(metrics, checkpoint=checkpoint)
 
 
-def trial(config: dict[str, Any], baseline: list[Any] | None = None, swept: tuple[str, ...] = ()) -> None:
+def trial(config: dict[str, Any], baseline: list[Any] | None = None, swept: tuple[str, ...] = (),
+          stages: str | None = None) -> None:
     """Ray Tune trainable: one full cycle, continuing from the trial's last checkpoint.
     ``baseline`` is [key, ObjectRef of the dense .dcz bytes] when the sweep trains one;
-    ``swept`` names the settings every config of the sweep's space has."""
+    ``swept`` names the settings every config of the sweep's space has; ``stages`` is the
+    storage whose stage store the trial shares (None: it computes every phase itself)."""
     missing = [name for name in swept if name not in config]
     if missing:  # e.g. a Tune state that failed to restore and made up a trial: never run it
         raise ValueError(f"trial config lacks the space's swept settings {missing}: it is not from this sweep's "
@@ -82,7 +85,8 @@ def trial(config: dict[str, Any], baseline: list[Any] | None = None, swept: tupl
         out = work / "out"
         try:
             result = run_cycle(config, output=out / MODEL_FILE, callbacks=_TuneReporter(config), resume_from=resume,
-                               plots=out / PLOTS_DIR, workdir=work)
+                               plots=out / PLOTS_DIR, workdir=work,
+                               stages=StageStore(stages) if stages is not None else None)
         except DivergedError as exc:
             # deterministic: a retry would diverge again. The trial ends here with the reason.
             _report(Report.diverged(str(exc)))

@@ -31,6 +31,7 @@ from .datasets import check_dataset_name, nominal_shape
 from .models import list_models, meta_model
 
 OPTIMIZERS = ("sgd", "adam")
+PRUNE_SCHEDULES = ("independent", "ladder")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -56,6 +57,10 @@ class CycleConfig(Config):
     quality: float | None = None
     prune_steps: int = 3
     layers: dict[str, float] = dataclasses.field(default_factory=dict)  # per-layer sparsity/quality
+    # "ladder": reach ``sparsity`` through the lower sparsities in ``ladder``, one pruning step
+    # and one retraining each, every rung pruned from the rung below (prune_steps is not used)
+    prune_schedule: str = "independent"
+    ladder: list[float] = dataclasses.field(default_factory=list)
     # weight sharing: k for every layer, or per type
     k: int = 32
     k_conv: int | None = None
@@ -98,6 +103,8 @@ class CycleConfig(Config):
             _ = self.prune_config  # the library validates its own rules
         except ValueError as exc:
             raise ConfigError(f"layers={self.layers!r} is not allowed: {exc}") from None
+        self._choice("prune_schedule", PRUNE_SCHEDULES)
+        self._check_ladder()
         for name in ("k", "k_conv", "k_fc"):
             if name == "k" or getattr(self, name) is not None:
                 self._integer(name, MIN_K, MAX_K)
@@ -118,6 +125,25 @@ class CycleConfig(Config):
         self._number("weight_decay", 0.0, 1.0)
         if self.dense_path is None and self.epochs == 0:
             self._fail("epochs", 0, ">= 1 unless dense_path gives a trained model")
+
+    def _check_ladder(self) -> None:
+        rungs = self.ladder
+        if not isinstance(rungs, list) or not all(
+                isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 <= r < 1.0 for r in rungs):
+            self._fail("ladder", rungs, "a list of sparsities in [0, 1)")
+        if rungs and self.prune_schedule != "ladder":
+            self._fail("ladder", rungs, "empty unless prune_schedule is 'ladder'")
+        if self.prune_schedule == "ladder" and self.sparsity is None:
+            self._fail("prune_schedule", self.prune_schedule, "'independent' with the quality rule (a ladder "
+                       "climbs sparsities)")
+
+    @property
+    def rungs(self) -> list[float]:
+        """The sparsities the pruned phase passes through, ending at ``sparsity``: the ladder's
+        rungs below it, or just ``sparsity`` (independent pruning; its own steps inside)."""
+        if self.prune_schedule != "ladder" or self.sparsity is None:
+            return [self.sparsity] if self.sparsity is not None else []
+        return sorted({float(r) for r in self.ladder if r < self.sparsity}) + [self.sparsity]
 
     def _describe(self, name: str, value: Any, allowed: str) -> str:
         return f"{name}={value!r} is not allowed; {name} must be {allowed}"

@@ -17,6 +17,22 @@ def pareto_mask(accuracy: Sequence[float], size: Sequence[float]) -> list[bool]:
     return [not any((a2 >= a and s2 <= s) and (a2 > a or s2 < s) for a2, s2 in points) for a, s in points]
 
 
+def hypervolume(points: Sequence[tuple[float, float]], reference_bytes: float) -> float:
+    """The share of the (size, accuracy) rectangle [0, reference_bytes] x [0, 1] that the
+    front of ``points`` (accuracy, bytes) dominates, with the reference point (accuracy 0,
+    ``reference_bytes``, e.g. the dense model's size): 1.0 would be accuracy 1 at 0 bytes."""
+    if reference_bytes <= 0:
+        raise ValueError(f"reference_bytes must be > 0; got {reference_bytes}")
+    inside = [(a, b) for a, b in points if a > 0 and b < reference_bytes]
+    mask = pareto_mask([a for a, _ in inside], [b for _, b in inside])
+    front = sorted({p for p, keep in zip(inside, mask, strict=True) if keep}, key=lambda p: p[1])
+    area, below = 0.0, 0.0
+    for accuracy, size in front:  # smallest first: each adds the band its accuracy rises by
+        area += (reference_bytes - size) * (accuracy - below)
+        below = accuracy
+    return area / reference_bytes
+
+
 def mark_front(trials: Sequence[Trial]) -> list[Trial]:
     """The trials with ``pareto_optimal`` set, sorted by compressed size."""
     optimal = pareto_mask([t.accuracy for t in trials], [t.compressed_bytes for t in trials])

@@ -62,12 +62,17 @@ class CycleResult:
     seconds: Mapping[str, float] = field(default_factory=dict)
     bytes_by_phase: Mapping[str, int] = field(default_factory=dict)
     encoded: Encoded | None = None
+    #: phase -> {"key": the stage's key, "reused": taken from an earlier computation,
+    #: "seconds": what computing the stage took (saved when reused)}
+    stages: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    def after(self, phase: str, accuracy: float, seconds: float, size: int | None) -> CycleResult:
-        """This result with ``phase`` done."""
+    def after(self, phase: str, accuracy: float, seconds: float, size: int | None,
+              stage: Mapping[str, Any] | None = None) -> CycleResult:
+        """This result with ``phase`` done (from ``stage``, when it is one)."""
         sizes = self.bytes_by_phase if size is None else {**self.bytes_by_phase, phase: size}
+        stages = self.stages if stage is None else {**self.stages, phase: dict(stage)}
         return replace(self, accuracy={**self.accuracy, phase: accuracy}, seconds={**self.seconds, phase: seconds},
-                       bytes_by_phase=sizes)
+                       bytes_by_phase=sizes, stages=stages)
 
     def with_seconds(self, **seconds: float) -> CycleResult:
         """More timings; ``total`` is kept the sum of the others."""
@@ -87,6 +92,9 @@ class CycleResult:
         out: dict[str, Any] = {"phase": phase, "accuracy": acc.get("decoded", acc.get(phase))}
         out.update({f"accuracy_{k}": v for k, v in acc.items()})
         out.update({f"seconds_{k}": v for k, v in self.seconds.items()})
+        for name, stage in self.stages.items():
+            out[f"stage_{name}"], out[f"reused_{name}"] = stage["key"], bool(stage["reused"])
+            out[f"seconds_saved_{name}"] = float(stage["seconds"]) if stage["reused"] else 0.0
         if self.encoded is not None and phase == FINAL:
             e = self.encoded
             out.update(sparsity=e.sparsity, compressed_bytes=e.compressed_bytes, dense_bytes=e.dense_bytes,
@@ -101,7 +109,8 @@ class CycleResult:
         layers, ... (before the file is written, only what is known so far)."""
         out: dict[str, Any] = {"model": self.config.get("model"), "dataset": self.config.get("dataset"),
                                "config": dict(self.config), "accuracy": dict(self.accuracy),
-                               "seconds": dict(self.seconds), "bytes_by_phase": dict(self.bytes_by_phase)}
+                               "seconds": dict(self.seconds), "bytes_by_phase": dict(self.bytes_by_phase),
+                               "stages": {k: dict(v) for k, v in self.stages.items()}}
         e = self.encoded
         if e is not None:
             out.update(sparsity=e.sparsity, dense_bytes=e.dense_bytes, compressed_bytes=e.compressed_bytes,
@@ -120,7 +129,8 @@ class CycleResult:
                               int(data["compressed_bytes"]), dict(data["compressed_bytes_by_coder"]),
                               tuple(dict(row) for row in data["layers"]))
         return cls(dict(data["config"]), dict(data["accuracy"]), dict(data["seconds"]),
-                   dict(data.get("bytes_by_phase", {})), encoded)
+                   dict(data.get("bytes_by_phase", {})), encoded,
+                   {k: dict(v) for k, v in dict(data.get("stages", {})).items()})
 
 
 @dataclass(frozen=True)
@@ -134,13 +144,16 @@ class Report:
     ratio: float | None
     error: str | None
     numbers: Mapping[str, float]  # every number MLflow logs at this phase's step
+    stages: Mapping[str, tuple[str, bool]] = field(default_factory=dict)  # phase -> (key, reused)
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> Report:
         numbers = {k: float(v) for k, v in metrics.items() if _loggable(k, v)}
+        stages = {phase: (str(metrics[f"stage_{phase}"]), _flag(metrics.get(f"reused_{phase}")))
+                  for phase in PHASES if isinstance(metrics.get(f"stage_{phase}"), str)}
         return cls(str(metrics.get("phase")), _number(metrics.get("accuracy")),
                    _number(metrics.get("compressed_bytes")), _number(metrics.get(RATIO_METRIC)),
-                   metrics.get("error"), numbers)
+                   metrics.get("error"), numbers, stages)
 
     @property
     def step(self) -> int | None:
@@ -160,6 +173,13 @@ def _loggable(key: str, value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
     return key.startswith(("accuracy", "seconds_")) or key in _LOGGED
+
+
+def _flag(value: Any) -> bool:
+    """A boolean as Tune hands it back: a bool, or read from its CSV log (text, or NaN where
+    the column was still empty)."""
+    return value is True or (isinstance(value, str) and value.lower() == "true") or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1)
 
 
 def _number(value: Any) -> float | None:

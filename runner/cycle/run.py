@@ -13,6 +13,7 @@ Every temporary folder it makes is removed before it returns or raises.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from dcsweep.compression import (
+    MagnitudePrune,
     SizeReport,
     iterative_prune_,
     load_compressed,
@@ -40,10 +42,12 @@ from .config import ConfigError, CycleConfig
 from .datasets import Data, load_dataset
 from .models import create_model
 from .results import MODEL_FILE, PHASES, STATE_FILE, CycleResult, Encoded
+from .stages import STAGE_FILE, NoStages, StageRecord, Stages, ladder_keys, stage_keys
 from .train import Schedule, evaluate, fit, pick_device, seed_everything
 
 log = logging.getLogger("dcsweep")
 PLOT_SAMPLES = 1 << 20
+RUNG_SEED_STRIDE = 7919  # rung n of a ladder trains with seed + 1000 + stride * (n + 1)
 
 
 class CycleCallbacks:
@@ -69,6 +73,8 @@ class _Cycle:
         self.model = create_model(cfg.model, self.data.input_shape, self.data.num_classes)
         cfg.check_layers(self.model)  # a rule naming no layer is refused before any training
         self.result = CycleResult(cfg.to_dict())
+        self.keys = stage_keys(cfg, _dense_digest(cfg))
+        self.stages: Stages = NoStages()
 
     def fit(self, phase: str, label: str, epochs: int, lr: float, gen: torch.Generator, first_epoch: int = 0) -> None:
         cfg = self.cfg
@@ -85,12 +91,44 @@ class _Cycle:
 
     def pruned(self, gen: torch.Generator) -> None:
         cfg = self.cfg
+        if cfg.prune_schedule == "ladder":
+            self.climb()
+            self.prune_rung(len(cfg.rungs) - 1, cfg.rungs[-1])
+            return
 
         def retrain(model: nn.Module, step: int) -> None:
             self.fit("pruned", f"prune {step + 1}/{cfg.prune_steps}", cfg.prune_epochs, cfg.prune_learning_rate, gen,
                      first_epoch=step * cfg.prune_epochs)
 
         iterative_prune_(self.model, cfg.prune_config, cfg.prune_steps, retrain)
+
+    # -- a pruning ladder ------------------------------------------------------------------
+    def climb(self) -> None:
+        """The rungs below this trial's: each taken from the stages, or computed from the rung
+        below and published for every other trial that climbs past it."""
+        for number, (target, key) in enumerate(ladder_keys(self.cfg, self.keys["dense"])[:-1]):
+            with self.stages.claim("pruned", key) as found:
+                if found is not None:
+                    load_compressed(found / MODEL_FILE, self.model)
+                    continue
+                start = time.perf_counter()
+                self.prune_rung(number, target)
+                accuracy = evaluate(self.model, self.data.test, self.device)
+                record = StageRecord("pruned", key, accuracy, time.perf_counter() - start)
+                log.info("ladder rung %d (sparsity %g): accuracy %.4f in %.1fs", number, target, accuracy,
+                         record.seconds)
+                with tempfile.TemporaryDirectory(prefix="dcsweep-rung-", dir=self.workdir) as tmp:
+                    save_compressed(self.model, Path(tmp) / MODEL_FILE)
+                    self.stages.publish("pruned", key, Path(tmp), record)
+
+    def prune_rung(self, number: int, target: float) -> None:
+        """One rung: one pruning step up to ``target`` sparsity and one retraining, seeded by the rung's
+        number alone, so whichever trial computes a rung computes the same one."""
+        cfg = self.cfg
+        gen = seed_everything(cfg.seed + 1000 + RUNG_SEED_STRIDE * (number + 1))
+        iterative_prune_(self.model, MagnitudePrune(sparsity=target, layers=cfg.layers), 1, lambda model, step:
+                         self.fit("pruned", f"rung {number + 1} (sparsity {target:g})", cfg.prune_epochs,
+                                  cfg.prune_learning_rate, gen))
 
     def shared(self, gen: torch.Generator) -> None:
         share_weights_(self.model, self.cfg.share_config)
@@ -104,19 +142,48 @@ class _Cycle:
         """The .dcz's size if the cycle stopped here (in the run's own coder and widths)."""
         return size_report(self.model, coder=self.cfg.coder, index_bits=self.cfg.index_bits).total_bytes
 
-    def checkpoint(self, phase: str, accuracy: float, seconds: float) -> None:
+    def run_stage(self, phase: str, key: str, gen: torch.Generator, stages: Stages) -> None:
+        """The phase, or the stage another trial (or sweep) computed with the same key; a stage
+        computed here is published for the others. A dense model from ``dense_path`` is only
+        loaded: no stage."""
+        start = time.perf_counter()
+        from_file = phase == "dense" and self.cfg.dense_path is not None
+        with (NoStages() if from_file else stages).claim(phase, key) as found:
+            if found is not None:
+                record = StageRecord.from_json(json.loads((found / STAGE_FILE).read_text()))
+                load_compressed(found / MODEL_FILE, self.model)  # bit-exact: the very weights computed
+                log.info("%s: stage %s reused (accuracy %.4f, %.1fs saved)", phase, key, record.accuracy,
+                         record.seconds)
+                stage = {"key": key, "reused": True, "seconds": record.seconds}
+                self.checkpoint(phase, record.accuracy, time.perf_counter() - start, stage)
+                return
+            self.phase(phase)(gen)
+            accuracy = evaluate(self.model, self.data.test, self.device)
+            seconds = time.perf_counter() - start
+            log.info("%s: accuracy %.4f in %.1fs", phase, accuracy, seconds)
+            if from_file:  # loaded, not computed: the pruned stage's key holds the file's digest
+                self.checkpoint(phase, accuracy, seconds, None)
+                return
+            record = StageRecord(phase, key, accuracy, seconds)
+            self.checkpoint(phase, accuracy, seconds, {"key": key, "reused": False, "seconds": seconds},
+                            lambda folder: stages.publish(phase, key, folder, record))
+
+    def checkpoint(self, phase: str, accuracy: float, seconds: float, stage: dict[str, Any] | None,
+                   publish: Callable[[Path], None] | None = None) -> None:
         """The model as a .dcz in the run's own format and the results so far, handed to the
-        callback; a dense model loaded from ``dense_path`` needs no checkpoint (a resume loads it
-        again)."""
+        callback (and to ``publish``, for a stage computed here); a dense model loaded from
+        ``dense_path`` needs no checkpoint (a resume loads it again)."""
         if phase == "dense" and self.cfg.dense_path is not None:
-            self.result = self.result.after(phase, accuracy, seconds, self.bytes_now())
+            self.result = self.result.after(phase, accuracy, seconds, self.bytes_now(), stage)
             self.callbacks.on_phase_end(phase, None, self.result)
             return
         with tempfile.TemporaryDirectory(prefix=f"dcsweep-{phase}-", dir=self.workdir) as tmp:
             folder = Path(tmp)
             report = save_compressed(self.model, folder / MODEL_FILE, coder=self.cfg.coder,
                                      index_bits=self.cfg.index_bits)
-            self.result = self.result.after(phase, accuracy, seconds, report.total_bytes)
+            self.result = self.result.after(phase, accuracy, seconds, report.total_bytes, stage)
+            if publish is not None:
+                publish(folder)
             state = {"phase": phase, "result": self.result.to_json(), "dense_sha256": _dense_digest(self.cfg)}
             (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
             self.callbacks.on_phase_end(phase, folder, self.result)
@@ -139,8 +206,8 @@ class _Cycle:
             log.warning("stored dense (not pruned or shared): %s", ", ".join(report.dense_weights))
         encoded = Encoded(str(output) if output is not None else None, cfg.coder, sparsity(self.model),
                           report.dense_bytes, report.total_bytes, by_coder, tuple(r.to_dict() for r in report.layers))
-        self.result = CycleResult(self.result.config, {**self.result.accuracy, "decoded": accuracy},
-                                  self.result.seconds, self.result.bytes_by_phase, encoded)
+        self.result = dataclasses.replace(self.result, accuracy={**self.result.accuracy, "decoded": accuracy},
+                                          encoded=encoded)
         self.result = self.result.with_seconds(encoded=time.perf_counter() - start)
         return report
 
@@ -154,6 +221,7 @@ def run_cycle(
     plots: str | Path | None = None,
     progress: bool = False,
     workdir: str | Path | None = None,
+    stages: Stages | None = None,
 ) -> CycleResult:
     """Run the cycle; ``result.to_json()`` is the compress JSON of ARCHITECTURE.md.
 
@@ -161,9 +229,12 @@ def run_cycle(
     temporary folder to be measured and decoded, and ``encoded.path`` is None). ``plots`` is a
     directory for weight histograms and a bytes-per-layer chart. ``workdir`` holds the cycle's
     temporary folders (default: the system's), each removed before the cycle returns or raises.
+    ``stages`` finds the phases earlier cycles computed with the same settings and keeps the
+    ones this cycle computes (see :mod:`.stages`); ``result.stages`` says which were reused.
     """
     cfg = config if isinstance(config, CycleConfig) else CycleConfig.from_dict(config)
     cycle = _Cycle(cfg, callbacks or CycleCallbacks(), progress, Path(workdir) if workdir is not None else None)
+    cycle.stages = stages or NoStages()
     done = -1
     if resume_from is not None:
         done, cycle.result = _restore(Path(resume_from), cfg, cycle.model)
@@ -172,15 +243,10 @@ def run_cycle(
     for index, phase in enumerate(PHASES):
         if index <= done:
             continue
-        start = time.perf_counter()
         generator = seed_everything(cfg.seed + 1000 * index)
         if plots is not None:
             snapshots[phase] = _weights(cycle.model)
-        cycle.phase(phase)(generator)
-        accuracy = evaluate(cycle.model, cycle.data.test, cycle.device)
-        seconds = time.perf_counter() - start
-        log.info("%s: accuracy %.4f in %.1fs", phase, accuracy, seconds)
-        cycle.checkpoint(phase, accuracy, seconds)
+        cycle.run_stage(phase, cycle.keys[phase], generator, cycle.stages)
     if plots is not None:
         snapshots["final"] = _weights(cycle.model)
     report = cycle.encode(Path(output) if output is not None else None)

@@ -60,10 +60,13 @@ class Holder:
 
 
 class Lease:
-    """The lease of one driver on one sweep; use :func:`hold`."""
+    """The lease of one process on one thing (a driver on a sweep: :func:`hold`; a trial on a
+    stage it computes: ``stages.py``), kept in ``folder`` of the storage."""
 
-    def __init__(self, storage: Storage, name: str) -> None:
-        self.storage, self.name = storage, name
+    def __init__(self, storage: Storage, name: str, folder: tuple[str, ...] | None = None,
+                 what: str = "sweep") -> None:
+        self.storage, self.name, self.what = storage, name, what
+        self._folder = folder if folder is not None else ("sweeps", name, FOLDER)
         self.file = f"{time.time_ns():020d}-{secrets.token_hex(4)}.json"
         now = time.time()
         self.holder = Holder(socket.gethostname(), _boot_id(), os.getpid(), _process_start(os.getpid()), now, now)
@@ -72,7 +75,7 @@ class Lease:
 
     @property
     def folder(self) -> tuple[str, ...]:
-        return ("sweeps", self.name, FOLDER)
+        return self._folder
 
     def others(self) -> dict[str, Holder]:
         """Live leases of other drivers; the gone ones are removed on the way."""
@@ -85,7 +88,8 @@ class Lease:
             if holder is None:
                 continue
             if holder.gone(now):
-                log.info("sweep %s: taking over from a driver that is gone (%s)", self.name, holder.describe())
+                log.info("%s %s: taking over from a holder that is gone (%s)", self.what, self.name,
+                         holder.describe())
                 self._remove(file)
                 continue
             found[file] = holder
@@ -93,15 +97,25 @@ class Lease:
 
     def acquire(self) -> None:
         self.refuse_if_held()
+        if self.try_acquire() is not None:
+            self.refuse_if_held()  # names the holder (or, gone meanwhile, lets the next try in)
+            raise ConfigError(f"sweep {self.name!r} was claimed by another driver at the same moment; try again")
+
+    def try_acquire(self) -> Holder | None:
+        """Take the lease and start renewing it: None; or a live holder's record, and nothing
+        taken (of two processes that try together, both may be refused)."""
+        others = self.others()
+        if others:
+            return others[min(others)]
         self._write()
-        try:
-            self.refuse_if_held()
-        except ConfigError:
+        others = self.others()
+        if others:
             self._remove(self.file)
             self._tidy()
-            raise
+            return others[min(others)]
         self._thread = threading.Thread(target=self._renew, name="dcsweep-lease", daemon=True)
         self._thread.start()
+        return None
 
     def release(self) -> None:
         self._stop.set()
@@ -120,7 +134,7 @@ class Lease:
     def _tidy(self) -> None:
         """A driver refused, or failed, before its sweep wrote anything leaves no folder behind
         (object stores have none)."""
-        if self.storage.local is not None:
+        if self.storage.local is not None and self.what == "sweep":
             root = self.storage.local
             for folder in (root.joinpath(*self.folder), root / "sweeps" / self.name, root / "sweeps"):
                 with contextlib.suppress(OSError):  # not empty: the sweep is there
@@ -143,7 +157,7 @@ class Lease:
         try:
             return Holder(**json.loads(text))
         except (ValueError, TypeError):  # not a lease: a file cut short, or something else
-            log.info("sweep %s: removing a damaged lease file %s", self.name, file)
+            log.info("%s %s: removing a damaged lease file %s", self.what, self.name, file)
             self._remove(file)
             return None
 

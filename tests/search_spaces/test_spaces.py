@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dcsweep.runner.cycle.config import check_settings
 from dcsweep.search_spaces import SpaceError, list_spaces, load_space
@@ -79,6 +80,10 @@ def test_a_user_file(tmp_path: Path) -> None:
     ("name: mine", "name: mine\nmax_failures: -1", "max_failures=-1"),
     ("name: mine", "name: mine\nsmoke: {epochs: -3}", r"smoke: epochs=-3 is not allowed"),
     ("name: mine", "name: [mine", "not valid YAML"),
+    ("[1.0e-4, 1.0e-2]}", "[1.0e-4, 1.0e-2], step: 0}", r"swept.lr.step=0 is not allowed; it must be a number in"),
+    ("[1.0e-4, 1.0e-2]}", "[1.0e-4, 1.0e-2], step: 1}", r"swept.lr.step=1 is not allowed"),
+    ("{choice: [4, 8]}", "{choice: [4, 8], step: 4}", r"swept.k=.* an optional step"),
+    ("name: mine", "name: mine\nshare_stages: maybe", r"share_stages='maybe' is not allowed; it must be true or false"),
 ])
 def test_every_bad_field_is_named(tmp_path: Path, old: str, new: str, message: str) -> None:
     assert old in GOOD
@@ -93,3 +98,12 @@ def test_unknown_names() -> None:
         load_space("lenet")
     with pytest.raises(SpaceError, match="search space file /no/such.yaml does not exist"):
         load_space("/no/such.yaml")
+
+
+def test_a_snapped_range_and_stage_sharing_round_trip(tmp_path: Path) -> None:
+    text = GOOD.replace("[1.0e-4, 1.0e-2]}", "[1.0e-4, 1.0e-2], step: 1.0e-4}") + "share_stages: false\n"
+    space = load_space(write(tmp_path, text), check_settings)
+    assert [d.step for d in space.swept] == [None, None, 1.0e-4] and space.share_stages is False
+    again = load_space(write(tmp_path, yaml.safe_dump(space.to_dict())), check_settings)
+    assert set(again.swept) == set(space.swept) and again.share_stages is False
+    assert load_space(write(tmp_path, GOOD)).share_stages is True  # on unless turned off

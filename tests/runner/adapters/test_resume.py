@@ -35,12 +35,17 @@ from ..helpers import (
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
-    """A storage with the space file and the same sweep run once without interruption."""
+    """A storage with the space file and the same sweep run once without interruption, each
+    trial computing its own stages (so the sweeps below compute theirs, shared, and the fronts
+    compare sharing with not sharing too)."""
     folder = tmp_path_factory.mktemp("resume")
     (folder / "space.yaml").write_text(SPACE)
+    (folder / "unshared.yaml").write_text(SPACE + "share_stages: false\n")
     storage = folder / "store"
-    with cli("run", str(folder / "space.yaml"), "--name", "whole", "--storage", str(storage), "--json") as proc:
+    with cli("run", str(folder / "unshared.yaml"), "--name", "whole", "--storage", str(storage), "--json") as proc:
         whole = finish(proc)
+    assert not (storage / "stages").exists() and whole["stages"] == {"computed": 12, "reused": 0,
+                                                                       "trial_seconds_saved": 0.0}
     return folder, storage, whole
 
 
@@ -88,8 +93,15 @@ def test_sigkilled_sweep_resumes_without_losing_or_repeating_work(store) -> None
     for d in tune_dir.glob("trial_*"):  # an interrupted trial redid at most one phase
         phases = [r["phase"] for r in trial_rows(d)]
         assert phases[-1] == "final" and max(phases.count(p) for p in set(phases)) <= 2
-    assert front(resumed) == front(whole)  # same seeds, same front
+    assert front(resumed) == front(whole)  # same seeds, same front, shared stages or not
     assert len(resumed["trials"]) == 6
+    # 3 pruned and 6 shared stages, none computed twice (a stage published just before the kill
+    # may be taken by its own trial on resume, so fewer can show as computed)
+    stages = {p: sorted(f.name for f in (storage / "stages" / p).iterdir()) for p in ("pruned", "shared")}
+    assert [len(stages["pruned"]), len(stages["shared"])] == [3, 6]
+    assert 7 <= resumed["stages"]["computed"] <= 9 and resumed["stages"]["computed"] + resumed["stages"]["reused"] == 12
+    keys = {(r.data.tags["dcsweep.stage.pruned"], r.data.tags["dcsweep.stage.shared"]) for r in runs}
+    assert {p for p, _ in keys} == set(stages["pruned"]) and {s for _, s in keys} == set(stages["shared"])
 
 
 def _faulted(store: tuple, name: str, fault: str) -> tuple[dict, Path]:
@@ -176,7 +188,7 @@ def test_resuming_with_a_changed_space_is_refused(store, capsys) -> None:
     saved = storage / "sweeps" / "whole" / "space.yaml"
     text = saved.read_text()
     other = folder / "other.yaml"
-    other.write_text(SPACE.replace("k: {grid: [2, 16]}", "k: {grid: [2, 32]}"))
+    other.write_text(SPACE.replace("k: {grid: [2, 16]}", "k: {grid: [2, 32]}") + "share_stages: false\n")
     before = sorted((p, p.stat().st_mtime_ns) for p in storage.rglob("*") if p.is_file())
     assert "another space (differ: ['swept'])" in _exit2(
         capsys, "run", str(other), "--name", "whole", "--resume", "--storage", str(storage))

@@ -116,7 +116,10 @@ def test_the_result_schema_round_trips_and_names_each_number_once(full_run) -> N
     assert metrics["compression_ratio"] == result["ratio"] and "ratio" not in metrics  # MLflow's name
     report = Report.from_metrics(metrics)
     assert report.step == STEPS[FINAL] == 3 and report.ratio == result["ratio"]
-    assert set(report.numbers) == {k for k in metrics if k not in ("phase",)}  # every number is logged
+    # every number is logged; the stage keys and flags become tags
+    assert set(report.numbers) == {k for k in metrics if k != "phase" and not k.startswith(("stage_", "reused_"))}
+    assert report.stages == {p: (s["key"], s["reused"]) for p, s in result["stages"].items()}
+    assert set(report.stages) == {"dense", "pruned", "shared"}
 
 
 def test_without_output_nothing_is_left_in_the_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,94 @@
+"""Stages kept in the sweep storage and computed once, however many trials, nodes and sweeps
+ask for them.
+
+A stage lives in ``stages/<phase>/<key>/`` of the storage (beside ``baselines/``, outside Tune's
+per-trial folders, so no trial's ``num_to_keep`` ever deletes it): ``model.dcz``, then
+``stage.json``, written last, which marks it done. A process that finds no stage takes a lease
+on it (``leases/`` in the same folder, as one driver holds a sweep: works on a shared filesystem
+and on an object store), computes it and publishes it; the others wait for ``stage.json`` to
+appear. A holder that dies leaves a lease that is provably gone (its pid, on its own host; no
+renewal for 90 s, from another), and the next waiter takes the stage over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from dcsweep.runner.cycle.results import MODEL_FILE
+from dcsweep.runner.cycle.stages import STAGE_FILE, StageRecord
+
+from .lease import Lease
+from .storage import Storage
+
+log = logging.getLogger("dcsweep")
+ROOT = "stages"
+POLL_S = (0.2, 1.0)  # a waiter looks again after a random pause in this range
+
+
+class StageStore:
+    """The :class:`dcsweep.runner.cycle.stages.Stages` of a sweep storage."""
+
+    def __init__(self, storage: Storage | str) -> None:
+        self.storage = storage if isinstance(storage, Storage) else Storage(storage)
+
+    def folder(self, phase: str, key: str) -> tuple[str, ...]:
+        return (ROOT, phase, key)
+
+    def done(self, phase: str, key: str) -> bool:
+        return self.storage.exists(*self.folder(phase, key), STAGE_FILE)
+
+    @contextlib.contextmanager
+    def claim(self, phase: str, key: str) -> Iterator[Path | None]:
+        waited = False
+        while True:
+            if self.done(phase, key):
+                with self._local_copy(phase, key) as found:
+                    yield found
+                return
+            lease = Lease(self.storage, key, (*self.folder(phase, key), "leases"), what=f"{phase} stage")
+            holder = lease.try_acquire()
+            if holder is None:
+                try:
+                    if self.done(phase, key):  # published between our look and our lease
+                        with self._local_copy(phase, key) as found:
+                            yield found
+                    else:
+                        yield None
+                finally:
+                    lease.release()
+                return
+            if not waited:
+                log.info("%s stage %s is being computed (%s); waiting for it", phase, key, holder.describe())
+                waited = True
+            time.sleep(random.uniform(*POLL_S))
+
+    def publish(self, phase: str, key: str, folder: Path, record: StageRecord) -> None:
+        """The model first, the record last: a stage without its record is not done, and is
+        computed again by whoever next finds no live lease on it."""
+        where = self.folder(phase, key)
+        self.storage.write_bytes((folder / MODEL_FILE).read_bytes(), *where, MODEL_FILE)
+        self.storage.write_text(json.dumps(record.to_json(), indent=1), *where, STAGE_FILE)
+
+    @contextlib.contextmanager
+    def _local_copy(self, phase: str, key: str) -> Iterator[Path]:
+        """The stage as a local folder: itself on a filesystem, a temporary copy from an
+        object store."""
+        where = self.folder(phase, key)
+        if self.storage.local is not None:
+            yield self.storage.local.joinpath(*where)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="dcsweep-stage-"))
+        try:
+            for name in (MODEL_FILE, STAGE_FILE):
+                (tmp / name).write_bytes(self.storage.read_bytes(*where, name))
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

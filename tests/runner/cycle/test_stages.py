@@ -1,0 +1,126 @@
+"""Stage keys name exactly what a phase consumed; a cycle takes a stage another cycle computed
+with the same key and gets bit-identical weights and the same result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcsweep.compression import load_compressed
+from dcsweep.runner.cycle import ConfigError, CycleConfig, run_cycle
+from dcsweep.runner.cycle.stages import CONSUMES, ladder_keys, stage_keys
+from dcsweep.runner.sweep.stages import StageStore
+
+FAST = {"epochs": 6, "prune_steps": 2, "prune_epochs": 3, "share_epochs": 2}
+
+
+def keys(**settings: object) -> dict[str, str]:
+    return stage_keys(CycleConfig.from_dict({**FAST, **settings}))
+
+
+@pytest.mark.parametrize(("setting", "value", "changed"), [
+    ("k", 4, {"shared"}),
+    ("init", "density", {"shared"}),
+    ("share_epochs", 5, {"shared"}),
+    ("sparsity", 0.8, {"pruned", "shared"}),
+    ("prune_epochs", 4, {"pruned", "shared"}),
+    ("prune_lr", 0.01, {"pruned", "shared"}),
+    ("layers", {"fc1": 0.5}, {"pruned", "shared"}),
+    ("epochs", 7, {"dense", "pruned", "shared"}),
+    ("seed", 1, {"dense", "pruned", "shared"}),
+    ("coder", "ans", set()),  # the file's coder changes no trained weight
+    ("index_bits", 4, set()),
+])
+def test_a_key_changes_with_what_its_phase_consumed_and_after(setting: str, value: object, changed: set) -> None:
+    before, after = keys(), keys(**{setting: value})
+    assert {phase for phase in before if before[phase] != after[phase]} == changed
+
+
+def test_the_learning_rate_is_keyed_as_used() -> None:
+    """prune_lr unset means 2 x lr: the same rate written two ways is the same stage."""
+    assert keys(prune_lr=0.002)["pruned"] == keys()["pruned"]
+    assert keys(lr=0.01)["pruned"] != keys()["pruned"]
+
+
+def test_every_cycle_setting_is_consumed_by_some_phase_or_changes_no_weight() -> None:
+    consumed = {name for names in CONSUMES.values() for name in names}
+    unconsumed = set(CycleConfig().to_dict()) - consumed
+    # prune_lr/share_lr are keyed as the rates used; a ladder's rungs through the chain of keys
+    assert unconsumed == {"download", "coder", "index_bits", "dense_path", "prune_lr", "share_lr", "ladder"}
+
+
+def test_a_dense_file_is_keyed_by_its_content() -> None:
+    cfg = CycleConfig.from_dict(FAST)
+    a, b = stage_keys(cfg, "0" * 64), stage_keys(cfg, "1" * 64)
+    assert a["dense"] != b["dense"] and a["pruned"] != b["pruned"]
+    assert stage_keys(CycleConfig.from_dict({**FAST, "epochs": 99}), "0" * 64) == a  # the file, not its recipe
+
+
+def test_a_second_cycle_takes_both_stages_and_matches_the_first_bit_for_bit(tmp_path: Path) -> None:
+    store = StageStore(tmp_path / "store")
+    first = run_cycle({**FAST, "k": 8}, stages=store, output=tmp_path / "a.dcz")
+    second = run_cycle({**FAST, "k": 8, "coder": "ans"}, stages=store, output=tmp_path / "b.dcz")
+    assert {p: s["reused"] for p, s in first.stages.items()} == {"dense": False, "pruned": False, "shared": False}
+    assert {p: s["reused"] for p, s in second.stages.items()} == {"dense": True, "pruned": True, "shared": True}
+    assert {p: s["key"] for p, s in first.stages.items()} == {p: s["key"] for p, s in second.stages.items()}
+    assert first.accuracy == second.accuracy and first.encoded is not None and second.encoded is not None
+    model_a, model_b = (load_compressed(tmp_path / n) for n in ("a.dcz", "b.dcz"))
+    for (name, x), (_, y) in zip(model_a.state_dict().items(), model_b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    # a third with another k takes the pruned stage only; another prune setting recomputes it
+    third = run_cycle({**FAST, "k": 4}, stages=store)
+    assert [third.stages[p]["reused"] for p in ("dense", "pruned", "shared")] == [True, True, False]
+    fourth = run_cycle({**FAST, "k": 4, "prune_epochs": 4}, stages=store)
+    assert [fourth.stages[p]["reused"] for p in ("dense", "pruned", "shared")] == [True, False, False]
+    record = json.loads((tmp_path / "store" / "stages" / "pruned" / first.stages["pruned"]["key"] /
+                         "stage.json").read_text())
+    assert record["accuracy"] == first.accuracy["pruned"] and record["seconds"] > 0
+    # the result says how long the stage took to compute: what its reuse saved
+    assert second.metrics("final")["seconds_saved_pruned"] == pytest.approx(record["seconds"])
+    assert second.metrics("final")["stage_pruned"] == first.stages["pruned"]["key"]
+
+
+LADDER = {**FAST, "prune_schedule": "ladder", "ladder": [0.5, 0.8, 0.9]}
+
+
+def test_a_rung_has_one_key_in_every_trial_that_climbs_past_it() -> None:
+    cfg = CycleConfig.from_dict({**LADDER, "sparsity": 0.9})
+    assert cfg.rungs == [0.5, 0.8, 0.9]
+    low = stage_keys(CycleConfig.from_dict({**LADDER, "sparsity": 0.8}))
+    high = ladder_keys(cfg, stage_keys(cfg)["dense"])
+    assert [s for s, _ in high] == [0.5, 0.8, 0.9]
+    assert high[1][1] == low["pruned"]  # rung 0.8 is the pruned stage of the trial at 0.8
+    assert stage_keys(cfg)["pruned"] == high[-1][1]
+    assert keys(sparsity=0.8)["pruned"] != low["pruned"]  # a ladder is another experiment
+    # a rung's key does not depend on the trial's prune_steps (a rung is one step)
+    assert stage_keys(CycleConfig.from_dict({**LADDER, "sparsity": 0.8, "prune_steps": 5}))["pruned"] == low["pruned"]
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"prune_schedule": "stairs"}, "prune_schedule='stairs' is not allowed"),
+    ({"ladder": [0.5]}, "empty unless prune_schedule is 'ladder'"),
+    ({"prune_schedule": "ladder", "ladder": [1.5]}, r"ladder=\[1.5\] is not allowed"),
+    ({"prune_schedule": "ladder", "quality": 1.0}, "a ladder climbs sparsities"),
+])
+def test_bad_ladders_are_refused(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        CycleConfig.from_dict(settings)
+
+
+def test_a_ladder_computes_each_rung_once_and_the_next_trial_climbs_on_it(tmp_path: Path) -> None:
+    store = StageStore(tmp_path / "store")
+    high = run_cycle({**LADDER, "sparsity": 0.9, "k": 8}, stages=store)
+    rungs = ladder_keys(CycleConfig.from_dict({**LADDER, "sparsity": 0.9}), high.stages["dense"]["key"])
+    assert all(store.done("pruned", key) for _, key in rungs)  # every rung published on the way
+    low = run_cycle({**LADDER, "sparsity": 0.8, "k": 8}, stages=store)
+    assert low.stages["pruned"] == {"key": rungs[1][1], "reused": True, "seconds": pytest.approx(
+        low.stages["pruned"]["seconds"])}
+    assert low.encoded is not None and high.encoded is not None
+    assert low.encoded.sparsity == pytest.approx(0.8, abs=0.01)
+    assert high.encoded.sparsity == pytest.approx(0.9, abs=0.01)
+    # whoever computes a rung computes the same one: a cycle with no store climbs to the same model
+    alone = run_cycle({**LADDER, "sparsity": 0.9, "k": 8})
+    assert alone.accuracy == high.accuracy and alone.bytes_by_phase == high.bytes_by_phase
