@@ -39,12 +39,16 @@ from dcsweep.runner.cycle.config import check_settings
 from dcsweep.runner.cycle.pareto import hypervolume
 from dcsweep.search_spaces import load_space
 
-MODES = {"shared": {}, "unshared": {"share_stages": False}, "ladder": {"prune_schedule": "ladder"}}
+#: What each mode changes in the space: its top level, and its fixed settings.
+MODES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "shared": ({}, {}), "unshared": ({"share_stages": False}, {}), "ladder": ({}, {"prune_schedule": "ladder"})}
 
 
 def run_mode(space_name: str, mode: str, folder: Path) -> dict[str, Any]:
     space = load_space(space_name, check_settings).to_dict()
-    space.update(MODES[mode], name=f"{space['name']}-{mode}")
+    top, fixed = MODES[mode]
+    space.update(top, name=f"{space['name']}-{mode}")
+    space["fixed"].update(fixed)
     (folder / "space.yaml").write_text(yaml.safe_dump(space))
     command = [str(Path(sys.executable).parent / "dcsweep"), "run", str(folder / "space.yaml"),
                "--storage", str(folder / "store"), "--name", mode, "--json"]
