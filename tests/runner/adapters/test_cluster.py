@@ -113,6 +113,26 @@ def test_trials_land_on_both_nodes(cluster) -> None:
     assert len(used) == 2 and cluster["worker"] in used
 
 
+def test_a_stage_computed_on_one_node_is_taken_on_the_other(cluster) -> None:
+    """After "spread" above: two trials that both take its sparsity-0.5 stages meet after the dense
+    phase, so they run at once, one per node; one of them is on the node that did not compute."""
+    folder = cluster["folder"]
+    spread = folder / "s" / "sweeps" / "spread" / "tune"
+    if not spread.exists():
+        pytest.skip("needs the sweep of test_trials_land_on_both_nodes")
+    computed_on = next(nodes for name, nodes in _trial_nodes(spread).items() if "sparsity=0.5000" in name)
+    (folder / "pair.yaml").write_text(SPACE.replace("[0.5, 0.7, 0.8, 0.9, 0.95, 0.97]", "[0.5]")
+                                      .replace("k: {grid: [4]}", "k: {grid: [4, 8]}"))
+    with cli("run", str(folder / "pair.yaml"), "--name", "pair", "--storage", str(folder / "s"),
+              "--address", cluster["address"], "--json") as proc:
+        result = finish(proc)
+    assert not result["errors"] and result["stages"]["computed"] == 1  # only k=8's shared stage
+    runs = child_runs(result["tracking_uri"], "pair")
+    assert {r.data.tags["dcsweep.stage.pruned.reused"] for r in runs} == {"true"}
+    used_on = set().union(*_trial_nodes(folder / "s" / "sweeps" / "pair" / "tune").values())
+    assert len(computed_on) == 1 and len(used_on) == 2 and used_on - computed_on
+
+
 def _job(jobs: str, job_id: str) -> dict:
     """The job's status, log tail and runtime env, asked by a fresh client process (this one's
     Ray settings were fixed by the session's local instance, without token authentication)."""
@@ -158,8 +178,9 @@ def test_the_shipped_package_imports_without_the_installed_one(tmp_path: Path) -
 
 def test_sweep_completes_when_a_worker_node_dies(cluster) -> None:
     folder = cluster["folder"]
-    tune_dir = folder / "s" / "sweeps" / "survivor" / "tune"
-    with cli("run", str(folder / "space.yaml"), "--name", "survivor", "--storage", str(folder / "s"),
+    # a storage of its own: trials that compute their stages, not take the other sweeps' ones
+    tune_dir = folder / "s-survivor" / "sweeps" / "survivor" / "tune"
+    with cli("run", str(folder / "space.yaml"), "--name", "survivor", "--storage", str(folder / "s-survivor"),
               "--address", cluster["address"], "--json") as proc:
         deadline = time.monotonic() + 300
         while not any(cluster["worker"] in nodes for nodes in _trial_nodes(tune_dir).values()):

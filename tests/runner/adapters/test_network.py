@@ -48,8 +48,10 @@ def _sockets_of(pids: list[int]) -> dict[int, int]:
 
 
 def _name(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
+    """The program's name, then its arguments (a long install path must not cut the name off)."""
+    with contextlib.suppress(OSError, IndexError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        return " ".join([Path(argv[0]).name, *argv[1:]])[:100]
     return "?"
 
 
