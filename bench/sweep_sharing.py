@@ -13,8 +13,10 @@ process timed from start to exit:
   rung pruned one step further from the rung below and retrained (the paper's iterative
   pruning); a different experiment, so its front differs.
 
-For each it prints the wall time, the trial-seconds (the sum of every trial's own time), the
-pruning runs (pruned models computed), the Ray workers that ran trials, and the hypervolume of
+For each it prints the wall time, the trial-seconds (the sum of every trial's own time, waits for
+a stage another trial computes included), the pruning runs (pruned models computed: five steps
+each when independent, one step per ladder rung), the Ray workers that ran trials, and the
+hypervolume of
 the accuracy-vs-size front: the area of the (size, accuracy) plane that the front dominates,
 bounded by the reference point (accuracy 0, the dense model's float32 bytes), as a fraction of
 the whole rectangle (1.0 would be accuracy 1 at 0 bytes). Test accuracy, as the sweep reports it.
@@ -67,9 +69,19 @@ def run_mode(space_name: str, mode: str, folder: Path) -> dict[str, Any]:
         pids.update(json.loads(line)["pid"] for line in result.read_text().splitlines() if line.strip())
     dense_bytes = max(t["compressed_bytes"] * (t["ratio"] or 0) for t in out["trials"])
     return {"wall": wall, "trial_seconds": sum(r.data.metrics["seconds_total"] for r in runs),
-            "pruning_runs": sum(r.data.tags.get("dcsweep.stage.pruned.reused") != "true" for r in runs),
+            "pruning_runs": _pruning_runs(folder / "store", runs),
             "workers": len(pids), "trials": out["trials"], "stages": out.get("stages", {}),
             "hypervolume": hypervolume([(t["accuracy"], t["compressed_bytes"]) for t in out["trials"]], dense_bytes)}
+
+
+def _pruning_runs(store: Path, runs: list[Any]) -> int:
+    """Pruned models computed: with shared stages, the pruned stages in the store (each computed
+    once; a ladder's rungs included, one pruning step each); else one per trial that did not
+    take its pruned model from another."""
+    stages = store / "stages" / "pruned"
+    if stages.is_dir():
+        return sum(1 for _ in stages.iterdir())
+    return sum(r.data.tags.get("dcsweep.stage.pruned.reused") != "true" for r in runs)
 
 
 def main() -> None:
