@@ -276,10 +276,11 @@ def parse(data: bytes | memoryview) -> Parsed:
         raise
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CompressedFileError(f"header is not valid: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if (isinstance(body_len, bool) or not isinstance(body_len, int)
+            or sum(sum(r.parts.values()) for r in records) != body_len):
+        raise CompressedFileError("header part sizes do not add up to the body size")
     body_start = head_end + _CRC.size
     expected = body_start + body_len + _CRC.size
-    if not isinstance(body_len, int) or sum(sum(r.parts.values()) for r in records) != body_len:
-        raise CompressedFileError("header part sizes do not add up to the body size")
     if len(view) < expected:
         raise CompressedFileError(f"file is truncated: {len(view)} bytes of {expected}")
     if len(view) > expected:

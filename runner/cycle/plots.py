@@ -106,8 +106,9 @@ def _bytes_chart(path: Path, report: SizeReport) -> Path:
         left = float(name_width)
         for part, colour in zip(_PARTS, _COLOURS, strict=True):
             size = getattr(r, part) * scale
-            if size >= 0.5:
-                draw.rectangle((round(left), y + 2, round(left + size) - 1, y + row - 3), fill=colour)
+            if size >= 0.5:  # a sliver still shows as one pixel
+                x0 = round(left)
+                draw.rectangle((x0, y + 2, max(round(left + size) - 1, x0), y + row - 3), fill=colour)
             left += size
         draw.text((round(left) + 4, y + row // 2), f"{totals[i]:,}", fill=_INK, font=_font(10), anchor="lm")
     image.save(path, compress_level=1)

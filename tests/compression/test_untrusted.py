@@ -283,3 +283,12 @@ def test_names_with_control_characters_are_escaped(tmp_path: Path) -> None:
     with pytest.raises(CompressedFileError) as info:
         load(data, tmp_path)
     assert "\x1b" not in str(info.value) and "has two records" in str(info.value)
+
+
+@pytest.mark.parametrize("body", [None, "12", True, -1, 1.5])
+def test_a_body_size_that_is_not_a_count_is_refused(body: object, tmp_path: Path) -> None:
+    """Found by the fuzz test: a null body size reached arithmetic before it was checked."""
+    header, payload = split(good_file())
+    crafted = pack(header, payload, packed_header=zlib.compress(json.dumps({**header, "body": body}).encode()))
+    with pytest.raises(CompressedFileError, match="do not add up to the body size"):
+        load(crafted, tmp_path)

@@ -160,3 +160,25 @@ def test_a_layer_rule_that_matches_no_layer_is_refused_before_training(tmp_path:
     with pytest.raises(ConfigError, match=r"layers=\{'fc9': 0.5\} is not allowed: .*\['fc9'\] match no layer of the "
                                           r"model; its layers are \['fc1', 'fc2', 'fc3'\]"):
         run_cycle({**FAST, "layers": {"fc9": 0.5}, "epochs": 10_000})  # would take hours if it trained
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_figures_draw_any_sizes_and_values(seed: int, tmp_path: Path) -> None:
+    """Bars of fractional pixels, empty and constant tensors, huge counts: every figure draws."""
+    import numpy as np
+    import torch
+
+    from dcsweep.compression import LayerSize, SizeReport
+    from dcsweep.runner.cycle.plots import write_plots
+
+    rng = np.random.default_rng(seed)
+    layers = tuple(LayerSize(f"l{i}.weight", "shared", (8, 8), 10, 4, 3, *map(int, rng.integers(0, 1000, 5)))
+                   for i in range(6))
+    # 106 then 6 bytes at 0.1 px a byte: a 0.6-pixel bar that starts past a pixel's middle
+    sliver = LayerSize("sliver.weight", "shared", (8, 8), 10, 4, 3, 106, 6, 0, 0, 5088)
+    report = SizeReport((*layers, sliver), "huffman", 40, 4096, ())
+    values = [torch.randn(1000), torch.zeros(0), torch.full((50,), 0.25), torch.randn(200_000) * 1e-6]
+    snapshots = {p: {f"l{i}": values[(i + k) % len(values)] for i in range(4)}
+                 for k, p in enumerate(("dense", "pruned", "final"))}
+    written = write_plots(tmp_path, snapshots, report)
+    assert len(written) == 5 and all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
