@@ -191,20 +191,22 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
             with contextlib.suppress(Exception):
                 tracker.finish("FAILED")
             raise
-        full = storage_full(sweep.storage, sweep.name)
-        with contextlib.suppress(Exception):  # MLflow's store may be on the full device too
-            tracker.finish("FAILED", children="FAILED", error=str(full))
-        raise full from exc
+        raise _stopped_full(tracker, sweep) from exc
     if uploads.FULL_WRITES:  # Tune's last save of its state did not fit: resume needs it
-        full = storage_full(sweep.storage, sweep.name)
-        with contextlib.suppress(Exception):
-            tracker.finish("FAILED", children="FAILED", error=str(full))
-        raise full
+        raise _stopped_full(tracker, sweep)
     computed, reused, saved = stage_totals(results)
     return tracker, {"name": sweep.name, "storage": str(sweep.storage), "tracking_uri": sweep.tracking_uri,
                      "experiment_id": tracker.experiment_id, "parent_run_id": tracker.parent_id,
                      "errors": errors, "stages": {"computed": computed, "reused": reused,
                                                   "trial_seconds_saved": saved}}, results
+
+
+def _stopped_full(tracker: SweepTracker, sweep: Sweep) -> Exception:
+    """The error of a sweep its full storage stopped, with the runs marked FAILED for it."""
+    full = storage_full(sweep.storage, sweep.name)
+    with contextlib.suppress(Exception):  # MLflow's store may be on the full device too
+        tracker.finish("FAILED", children="FAILED", error=str(full))
+    return full
 
 
 def _final_trials(tracker: SweepTracker, sweep: Sweep, results: tune.ResultGrid,

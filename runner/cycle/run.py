@@ -73,7 +73,8 @@ class _Cycle:
         self.model = create_model(cfg.model, self.data.input_shape, self.data.num_classes)
         cfg.check_layers(self.model)  # a rule naming no layer is refused before any training
         self.result = CycleResult(cfg.to_dict())
-        self.keys = stage_keys(cfg, _dense_digest(cfg))
+        self.dense_sha256 = _dense_digest(cfg)  # hashed once: a dense file can be large
+        self.keys = stage_keys(cfg, self.dense_sha256)
         self.stages: Stages = NoStages()
 
     def fit(self, phase: str, label: str, epochs: int, lr: float, gen: torch.Generator, first_epoch: int = 0) -> None:
@@ -184,7 +185,7 @@ class _Cycle:
             self.result = self.result.after(phase, accuracy, seconds, report.total_bytes, stage)
             if publish is not None:
                 publish(folder)
-            state = {"phase": phase, "result": self.result.to_json(), "dense_sha256": _dense_digest(self.cfg)}
+            state = {"phase": phase, "result": self.result.to_json(), "dense_sha256": self.dense_sha256}
             (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
             self.callbacks.on_phase_end(phase, folder, self.result)
 
