@@ -32,7 +32,7 @@ from dcsweep.search_spaces import SearchSpace
 
 from . import uploads
 from .env import keep_secrets_out_of_runtime_env, loopback_only, set_driver_defaults
-from .nodes import check_shared_storage, fit_resources, start_baseline
+from .nodes import check_shared_storage, fit_resources
 from .trainable import trial
 from .uploads import make_uploads_atomic
 
@@ -111,7 +111,7 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
                 sweep = fit_resources(sweep)
                 check_shared_storage(sweep)
                 client = pool.submit(_mlflow_client, sweep.tracking_uri)
-            tracker, outcome, results = _run(sweep, client, pool)
+            tracker, outcome, results = _run(sweep, client)
             # the parent's pareto.csv/png are drawn while Ray's processes stop
             trials = pool.submit(_final_trials, tracker, sweep, results, outcome)
         finally:
@@ -127,8 +127,7 @@ def _mlflow_client(uri: str) -> MlflowClient:
     return open_client(uri)
 
 
-def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
-         ) -> tuple[SweepTracker, dict[str, Any], tune.ResultGrid]:
+def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict[str, Any], tune.ResultGrid]:
     from .callbacks import (
         MlflowCallback,
         ProgressCallback,
@@ -148,14 +147,14 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
                                    "smoke_test": sweep.smoke})
     if not sweep.resume:
         write_sweep_files(sweep)
-    baseline = start_baseline(sweep, pool)
     register_tracker(tracker)
     callbacks = [StorageGuard(), MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space)]
     try:
-        # the baseline in a list: Ray refuses to put an ObjectRef itself, but keeps one nested
-        trainable = tune.with_parameters(trial, baseline=None if baseline is None else [baseline.key, baseline.ref],
-                                         swept=tuple(d.name for d in sweep.space.swept),
-                                         stages=sweep.storage.root if sweep.space.share_stages else None)
+        # the dense model is a stage every trial shares (trained once, by the first trial to
+        # need it); the other phases only when the space shares stages
+        trainable = tune.with_parameters(trial, swept=tuple(d.name for d in sweep.space.swept),
+                                         stages=sweep.storage.root,
+                                         shared=None if sweep.space.share_stages else ("dense",))
         trainable = tune.with_resources(trainable, {"cpu": sweep.space.cpu, "gpu": sweep.space.gpu})
         path = sweep.storage.uri(*sweep.folder, "tune")
         if sweep.resume and tune.Tuner.can_restore(path):
@@ -163,17 +162,12 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
             # the callbacks come back from Tune's pickled state and find this driver's tracker
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         else:
-            params = param_space(sweep.space)
-            if baseline is not None:
-                params["dense_path"] = str(baseline.path)  # where it is kept; trials read the object store
-            tuner = tune.Tuner(trainable, param_space=params, tune_config=_tune_config(sweep.space),
+            tuner = tune.Tuner(trainable, param_space=param_space(sweep.space), tune_config=_tune_config(sweep.space),
                                run_config=tune.RunConfig(
                                    name="tune", storage_path=sweep.storage.uri(*sweep.folder), verbose=0,
                                    failure_config=tune.FailureConfig(max_failures=sweep.space.max_failures),
                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks))
         results = tuner.fit()
-        if baseline is not None:
-            baseline.stored.result()  # a failed baseline fails the sweep with its own error
         errors = [str(r.error) for r in _each(results) if r.error is not None]
         errors += [f"trial {r.metrics.get('trial_id')} stopped: {r.metrics.get('error')}" for r in _each(results)
                    if r.error is None and r.metrics and r.metrics.get("phase") == DIVERGED]
@@ -185,8 +179,6 @@ def _run(sweep: Sweep, client: Future[MlflowClient], pool: ThreadPoolExecutor
             log.warning("MLflow is unreachable at the end of the sweep (%s); `dcsweep resume %s` logs the "
                         "results kept in the sweep storage", str(exc).splitlines()[0][:200], sweep.name)
     except BaseException as exc:
-        if baseline is not None:
-            baseline.abandon()
         if not (is_full(exc) or uploads.FULL_WRITES):
             with contextlib.suppress(Exception):
                 tracker.finish("FAILED")

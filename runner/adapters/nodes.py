@@ -1,28 +1,19 @@
-"""What the driver asks of the cluster before Tune starts: room for a trial on some node, a
-storage every node sees, and the dense baseline trained once in a reserved slot."""
+"""What the driver asks of the cluster before Tune starts: room for a trial on some node, and a
+storage every node sees."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from dcsweep.runner.cycle import ConfigError, CycleConfig
-from dcsweep.runner.cycle.results import MODEL_FILE
+from dcsweep.runner.cycle import ConfigError
 from dcsweep.runner.sweep import Sweep, places
-from dcsweep.runner.sweep.spec import BASELINE_FIELDS, baseline_key
-
-from .trainable import baseline_task
 
 log = logging.getLogger("dcsweep")
 
@@ -70,63 +61,3 @@ def _sees(path: str, token: str) -> bool:
         return Path(path).read_text() == token
     except OSError:
         return False
-
-
-@dataclass
-class Baseline:
-    """The sweep's dense baseline: its bytes in Ray's object store (``ref``) and, once
-    ``stored`` is done, its file in the sweep storage."""
-
-    key: str
-    path: str  # in the storage
-    ref: ray.ObjectRef
-    stored: Future[None]
-
-    def abandon(self) -> None:
-        """Stop the training task and wait for its thread, before Ray shuts down: a thread still
-        in ``ray.get`` would otherwise start a second local Ray and hide the sweep's real error."""
-        if not self.stored.done():
-            with contextlib.suppress(Exception):
-                ray.cancel(self.ref, force=True)
-        with contextlib.suppress(Exception):
-            self.stored.result(timeout=60)
-
-
-def start_baseline(sweep: Sweep, pool: ThreadPoolExecutor) -> Baseline | None:
-    """Reuse the stored dense baseline or start training it as its own Ray task; None when a
-    swept setting changes the baseline (each trial trains its own) or the space gives one.
-
-    The task runs in a placement group reserved before Tune starts, so trials can never take
-    all resources and wait forever for it; Tune starts its workers (seconds of imports) while
-    it trains, and the reservation ends when it does."""
-
-    if any(d.name in BASELINE_FIELDS for d in sweep.space.swept) or "dense_path" in sweep.space.fixed:
-        return None
-    key = baseline_key(sweep.space.fixed)
-    storage, folder = sweep.storage, ("baselines", key)
-    path = storage.uri(*folder, MODEL_FILE)
-    if storage.exists(*folder, MODEL_FILE):
-        log.info("dense baseline %s: reusing %s", key, path)
-        done: Future[None] = Future()
-        done.set_result(None)
-        return Baseline(key, path, ray.put(storage.read_bytes(*folder, MODEL_FILE)), done)
-    group = placement_group([{"CPU": sweep.space.cpu, "GPU": sweep.space.gpu}])
-    ray.get(group.ready())
-    task = ray.remote(num_cpus=sweep.space.cpu, num_gpus=sweep.space.gpu, num_returns=2)(baseline_task)
-    refs: Any = task.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote(sweep.space.fixed)
-    blob, meta = refs  # num_returns=2: the .dcz bytes, then (accuracy, seconds)
-
-    def store() -> None:
-        try:
-            data, (accuracy, seconds) = ray.get([blob, meta])
-        finally:
-            remove_placement_group(group)
-        storage.write_bytes(data, *folder, MODEL_FILE)
-        settings = CycleConfig.from_dict(sweep.space.fixed).to_dict()
-        storage.write_text(json.dumps({"key": key, "accuracy": accuracy, "seconds": seconds,
-                                       **{k: settings[k] for k in BASELINE_FIELDS}}, indent=1), *folder, "meta.json")
-        log.info("dense baseline %s: accuracy %.4f in %.1f s, stored at %s", key, accuracy, seconds, path)
-
-    return Baseline(key, path, blob, pool.submit(store))
-
-

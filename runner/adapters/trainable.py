@@ -1,8 +1,8 @@
-"""The trial side of a sweep, in Ray's workers: the Tune trainable and the baseline task.
+"""The trial side of a sweep, in Ray's workers: the Tune trainable.
 
 Everything here runs on the cluster's nodes, so it reads nothing from the driver's disk: the
-dense baseline comes through Ray's object store, checkpoints through Tune's storage. A trial's
-files (the baseline's local copy, the cycle's checkpoints, the .dcz and plots) live in one
+stages (the dense model first) come from the sweep storage, checkpoints through Tune's storage.
+A trial's files (the cycle's checkpoints, the .dcz and plots) live in one
 temporary folder that is removed when the trial ends, fails or is retried; the folder of a
 worker that was killed is removed by the next trial that starts on its node.
 """
@@ -14,14 +14,13 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from dcsweep.runner.cycle import FINAL, CycleCallbacks, CycleResult, DivergedError, Report, run_cycle, train_baseline
+from dcsweep.runner.cycle import FINAL, CycleCallbacks, CycleResult, DivergedError, Report, run_cycle
 from dcsweep.runner.cycle.results import MODEL_FILE, PLOTS_DIR, RESULT_FILE
 from dcsweep.runner.sweep.stages import StageStore
 
@@ -29,16 +28,6 @@ from .env import TEST_HOOKS
 from .uploads import make_uploads_atomic
 
 TRIAL_PREFIX = "dcsweep-trial-"
-
-
-def baseline_task(settings: dict[str, Any]) -> tuple[bytes, tuple[float, float]]:
-    """The dense baseline's .dcz bytes (through the object store, so any node can run it and
-    any node's trials read it), its accuracy and the seconds of training itself."""
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dcsweep-baseline-") as tmp:
-        accuracy = train_baseline(settings, Path(tmp) / MODEL_FILE)
-        blob = (Path(tmp) / MODEL_FILE).read_bytes()
-    return blob, (accuracy, time.perf_counter() - started)
 
 
 class _TuneReporter(CycleCallbacks):
@@ -62,12 +51,12 @@ def _report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
     tune.report(metrics, checkpoint=checkpoint)
 
 
-def trial(config: dict[str, Any], baseline: list[Any] | None = None, swept: tuple[str, ...] = (),
-          stages: str | None = None) -> None:
+def trial(config: dict[str, Any], swept: tuple[str, ...] = (), stages: str | None = None,
+          shared: tuple[str, ...] | None = None) -> None:
     """Ray Tune trainable: one full cycle, continuing from the trial's last checkpoint.
-    ``baseline`` is [key, ObjectRef of the dense .dcz bytes] when the sweep trains one;
     ``swept`` names the settings every config of the sweep's space has; ``stages`` is the
-    storage whose stage store the trial shares (None: it computes every phase itself)."""
+    storage whose stage store the trial shares (None: it computes every phase itself), and
+    ``shared`` the phases it shares there (None: all)."""
     missing = [name for name in swept if name not in config]
     if missing:  # e.g. a Tune state that failed to restore and made up a trial: never run it
         raise ValueError(f"trial config lacks the space's swept settings {missing}: it is not from this sweep's "
@@ -80,13 +69,11 @@ def trial(config: dict[str, Any], baseline: list[Any] | None = None, swept: tupl
             _report(CycleResult.from_json(json.loads((resume / RESULT_FILE).read_text())).metrics(FINAL))
             return
         work = stack.enter_context(_trial_folder())
-        if baseline is not None:
-            config = {**config, "dense_path": str(_local_baseline(baseline[1], work))}
         out = work / "out"
         try:
             result = run_cycle(config, output=out / MODEL_FILE, callbacks=_TuneReporter(config), resume_from=resume,
                                plots=out / PLOTS_DIR, workdir=work,
-                               stages=StageStore(stages) if stages is not None else None)
+                               stages=StageStore(stages, shared) if stages is not None else None)
         except DivergedError as exc:
             # deterministic: a retry would diverge again. The trial ends here with the reason.
             _report(Report.diverged(str(exc)))
@@ -120,13 +107,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process: alive, and not ours to judge
         return True
     return True
-
-
-def _local_baseline(ref: Any, folder: Path) -> Path:
-    """The baseline as a file in this attempt's folder (waiting for the baseline task if it
-    still runs). A retry writes it again: the cycle checks its content, not its path."""
-    import ray
-
-    path = folder / "dense.dcz"
-    path.write_bytes(ray.get(ref))
-    return path

@@ -5,7 +5,7 @@ default ``$DCSWEEP_STORAGE`` or ``~/dcsweep-runs``)::
 
     mlflow.db                  the default MLflow store (one experiment per sweep)
     mlartifacts/<sweep>/       its artifacts
-    baselines/<key>/model.dcz  dense baselines, keyed by model, data and training settings
+    stages/<phase>/<key>/      dense, pruned and shared models, each computed once (stages.py)
     sweeps/<sweep>/space.yaml  the space as run (smoke overrides and CLI resources applied)
     sweeps/<sweep>/sweep.json  its sha256, the tracking URI and the smoke flag, for resuming
     sweeps/<sweep>/tune/       Ray Tune's experiment: trials, checkpoints after each phase
@@ -23,7 +23,6 @@ import logging
 import string
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,6 @@ from .places import check_tracking_uri, fit_resources, local_resources, tracking
 from .storage import Storage
 
 log = logging.getLogger("dcsweep")
-BASELINE_FIELDS = ("model", "dataset", "data_root", "image_size", "epochs", "optimizer", "lr", "momentum",
-                   "weight_decay", "batch_size", "seed", "device")
 SMOKE_TRIALS = 3
 MAX_NAME = 100  # a sweep's name is a folder, an MLflow experiment and part of Tune's paths
 NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
@@ -248,9 +245,3 @@ def _smoke(space: SearchSpace) -> SearchSpace:
                   for i, d in enumerate(space.swept))
     samples = 1 if space.algorithm == "grid" else min(space.num_samples, SMOKE_TRIALS)
     return replace(space, fixed=fixed, swept=swept, num_samples=samples)
-
-
-def baseline_key(settings: Mapping[str, Any]) -> str:
-    cfg = CycleConfig.from_dict(settings).to_dict()
-    blob = json.dumps({k: cfg[k] for k in BASELINE_FIELDS}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

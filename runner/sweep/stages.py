@@ -1,13 +1,18 @@
 """Stages kept in the sweep storage and computed once, however many trials, nodes and sweeps
 ask for them.
 
-A stage lives in ``stages/<phase>/<key>/`` of the storage (beside ``baselines/``, outside Tune's
-per-trial folders, so no trial's ``num_to_keep`` ever deletes it): ``model.dcz``, then
+A stage lives in ``stages/<phase>/<key>/`` of the storage (outside Tune's per-trial folders,
+so no trial's ``num_to_keep`` ever deletes it): ``model.dcz``, then
 ``stage.json``, written last, which marks it done. A process that finds no stage takes a lease
 on it (``leases/`` in the same folder, as one driver holds a sweep: works on a shared filesystem
 and on an object store), computes it and publishes it; the others wait for ``stage.json`` to
 appear. A holder that dies leaves a lease that is provably gone (its pid, on its own host; no
 renewal for 90 s, from another), and the next waiter takes the stage over.
+
+The dense model is a stage like the others: the first trial to need it trains it while the
+others wait, their workers already started (a sweep never holds a slot back for it). A sweep
+with ``share_stages: false`` shares only that one (``phases=("dense",)``); every trial then
+computes its own pruned and shared models.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from dcsweep.runner.cycle.results import MODEL_FILE
@@ -36,8 +41,14 @@ POLL_S = (0.2, 1.0)  # a waiter looks again after a random pause in this range
 class StageStore:
     """The :class:`dcsweep.runner.cycle.stages.Stages` of a sweep storage."""
 
-    def __init__(self, storage: Storage | str) -> None:
+    def __init__(self, storage: Storage | str, phases: Collection[str] | None = None) -> None:
+        """``phases``: the phases whose stages are shared (default: all); the others are
+        computed by every cycle and never kept."""
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
+        self.phases = None if phases is None else frozenset(phases)
+
+    def shares(self, phase: str) -> bool:
+        return self.phases is None or phase in self.phases
 
     def folder(self, phase: str, key: str) -> tuple[str, ...]:
         return (ROOT, phase, key)
@@ -47,6 +58,9 @@ class StageStore:
 
     @contextlib.contextmanager
     def claim(self, phase: str, key: str) -> Iterator[Path | None]:
+        if not self.shares(phase):
+            yield None
+            return
         waited = False
         while True:
             if self.done(phase, key):
@@ -73,6 +87,8 @@ class StageStore:
     def publish(self, phase: str, key: str, folder: Path, record: StageRecord) -> None:
         """The model first, the record last: a stage without its record is not done, and is
         computed again by whoever next finds no live lease on it."""
+        if not self.shares(phase):
+            return
         where = self.folder(phase, key)
         self.storage.write_bytes((folder / MODEL_FILE).read_bytes(), *where, MODEL_FILE)
         self.storage.write_text(json.dumps(record.to_json(), indent=1), *where, STAGE_FILE)

@@ -88,19 +88,21 @@ def test_artifacts_are_real_files(swept, tmp_path: Path) -> None:
 
 
 def test_dense_baseline_trained_once_and_reused(swept, ray_local) -> None:
+    """The dense model is a stage: one trial trains it, the others (and a later sweep) take it."""
     result, folder, _ = swept
-    baselines = list((folder / "store" / "baselines").iterdir())
-    assert len(baselines) == 1 and (baselines[0] / "model.dcz").is_file()
-    dense = {t["params"]["dense_path"] for t in result["trials"]}
-    assert dense == {str(baselines[0] / "model.dcz")}
+    dense = list((folder / "store" / "stages" / "dense").iterdir())
+    assert len(dense) == 1 and {"model.dcz", "stage.json"} <= {p.name for p in dense[0].iterdir()}
     client = MlflowClient(result["tracking_uri"])
-    accuracies = {client.get_run(t["run_id"]).data.metrics["accuracy_dense"] for t in result["trials"]}
-    assert len(accuracies) == 1  # every trial starts from the same dense model
-    before = (baselines[0] / "model.dcz").stat().st_mtime_ns
+    runs = [client.get_run(t["run_id"]) for t in result["trials"]]
+    assert {r.data.tags["dcsweep.stage.dense"] for r in runs} == {dense[0].name}
+    assert sorted(r.data.tags["dcsweep.stage.dense.reused"] for r in runs) == ["false"] + ["true"] * 5
+    assert len({r.data.metrics["accuracy_dense"] for r in runs}) == 1  # every trial starts from the same model
+    assert {r.data.params.get("dense_path", "None") for r in runs} == {"None"}  # trained, not a file
+    before = (dense[0] / "model.dcz").stat().st_mtime_ns
     again = run_sweep(new_sweep(space_as_run(folder / "tiny.yaml", smoke=True), "tiny-2", Storage(folder / "store"),
                                 None, True, None))
-    assert {t["params"]["dense_path"] for t in again["trials"]} == dense
-    assert (baselines[0] / "model.dcz").stat().st_mtime_ns == before
+    reused = {client.get_run(t["run_id"]).data.tags["dcsweep.stage.dense.reused"] for t in again["trials"]}
+    assert reused == {"true"} and (dense[0] / "model.dcz").stat().st_mtime_ns == before
 
 
 def test_existing_name_is_refused_and_nothing_touched(swept, capsys) -> None:
