@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from dcsweep.runner.cycle import DIVERGED, FINAL, CycleConfig, Trial
 from dcsweep.runner.cycle.pareto import mark_front
@@ -148,7 +149,8 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
     if not sweep.resume:
         write_sweep_files(sweep)
     register_tracker(tracker)
-    callbacks = [StorageGuard(), MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space)]
+    callbacks = [StorageGuard(), MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space),
+                 JsonLoggerCallback()]
     try:
         # the dense model is a stage every trial shares (trained once, by the first trial to
         # need it); the other phases only when the space shares stages

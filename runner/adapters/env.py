@@ -21,6 +21,9 @@ DEFAULTS = {
     "TUNE_GLOBAL_CHECKPOINT_S": EXPERIMENT_SNAPSHOT_S,
     # ...and Tune's own warning about snapshotting that often
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # no progress.csv or TensorBoard events per trial (the driver's CPU, files in every
+    # snapshot): each trial's result.json, which the driver adds itself, holds every report
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     # a tracking server that went away must not stall the driver for minutes of retries
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

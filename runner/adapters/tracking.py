@@ -21,8 +21,8 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from dcsweep.runner.cycle import STEPS, ConfigError, CycleResult, Trial
-from dcsweep.runner.cycle.pareto import mark_front, write_csv, write_png
+from dcsweep.runner.cycle import FINAL, STEPS, ConfigError, CycleResult, Trial
+from dcsweep.runner.cycle.pareto import dominates, mark_front, write_csv, write_png
 from dcsweep.runner.cycle.results import RATIO_METRIC
 
 log = logging.getLogger("dcsweep")
@@ -63,6 +63,7 @@ class SweepTracker:
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_step: dict[str, int] = {}  # run id -> last metric step logged
         self._status: dict[str, str] = {}  # run id -> status as this driver knows it
+        self._front: dict[str, tuple[float, int]] | None = None  # run id -> (accuracy, bytes) on the front
 
     def _search(self, query: str) -> list[Run]:
         return list(search_all(self.client, self.experiment_id, query))
@@ -142,7 +143,26 @@ class SweepTracker:
                     self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, "FINISHED")
         self._status[run_id] = "FINISHED"
-        self.update_pareto(artifacts=False)  # tags now; the parent's csv/png at the end
+        self._join_front(run_id, result)  # tags now; the parent's csv/png at the end
+
+    def _join_front(self, run_id: str, result: CycleResult | None) -> None:
+        """Tag a newly finished run, and the runs it pushes off the front. The finished runs are
+        read from MLflow once per driver; after that each trial costs a look at the front and
+        a tag or two, however many trials the sweep has."""
+        if self._front is None or result is None or result.encoded is None:
+            self.update_pareto(artifacts=False)
+            return
+        final = result.metrics(FINAL)
+        point = (float(final["accuracy"]), int(final["compressed_bytes"]))
+        if any(dominates(other, point) for other in self._front.values()):
+            self.client.set_tag(run_id, PARETO_TAG, "false")
+            return
+        for other, where in list(self._front.items()):
+            if dominates(point, where):
+                self.client.set_tag(other, PARETO_TAG, "false")
+                del self._front[other]
+        self._front[run_id] = point
+        self.client.set_tag(run_id, PARETO_TAG, "true")
 
     def fail_trial(self, trial_id: str, error: str) -> None:
         run_id = self._runs.get(trial_id)
@@ -170,6 +190,7 @@ class SweepTracker:
         rows = list(_finished(self.client, self.experiment_id))
         tags = {trial.run_id: run.data.tags.get(PARETO_TAG) for run, trial in rows}
         trials = mark_front([trial for _, trial in rows])
+        self._front = {t.run_id: (t.accuracy, t.compressed_bytes) for t in trials if t.pareto_optimal and t.run_id}
         for t in trials:
             flag = str(t.pareto_optimal).lower()
             if tags[t.run_id] != flag and t.run_id is not None:

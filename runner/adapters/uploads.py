@@ -5,15 +5,17 @@ staging folder, then copies them into the storage with pyarrow's ``copy_files``,
 the target before writing it: a full disk left a 0-byte ``basic-variant-state-*.json`` behind,
 and the sweep could not be resumed even after space was freed. Here each file is copied to a
 temporary name beside its target and renamed over it, so the storage keeps the last whole copy
-of every file. Object stores need none of this: a put is atomic. The copies that failed because
-the device is full are remembered, so the driver stops the sweep at once (see callbacks.py)
-instead of letting every trial fail in turn.
+of every file; a file unchanged since its last upload is not copied again. Object stores need
+none of this: a put is atomic. The copies that failed because the device is full are
+remembered, so the driver stops the sweep at once (see callbacks.py) instead of letting every
+trial fail in turn.
 """
 
 from __future__ import annotations
 
 import contextlib
-import posixpath
+import os
+import shutil
 import uuid
 from typing import Any
 
@@ -40,27 +42,42 @@ def _copy_files(source: str, destination: str, source_filesystem: Any = None, de
     from pyarrow import fs
     from ray.train._internal import storage
 
-    original = getattr(storage, _ORIGINAL)
-    if not isinstance(destination_filesystem, fs.LocalFileSystem):
-        return original(source, destination, source_filesystem=source_filesystem,
-                        destination_filesystem=destination_filesystem, **kwargs)
-    source_fs = source_filesystem or fs.LocalFileSystem()
-    pairs = [(source, destination)]
-    if source_fs.get_file_info(source).type == fs.FileType.Directory:
-        infos = source_fs.get_file_info(fs.FileSelector(source, recursive=True))
-        pairs = [(i.path, posixpath.join(destination, posixpath.relpath(i.path, source)))
-                 for i in infos if i.type == fs.FileType.File]
-    for src, dst in pairs:
-        destination_filesystem.create_dir(posixpath.dirname(dst), recursive=True)
-        temporary = posixpath.join(posixpath.dirname(dst), f".{posixpath.basename(dst)}.{uuid.uuid4().hex[:8]}.part")
-        try:
-            original(src, temporary, source_filesystem=source_fs, destination_filesystem=destination_filesystem,
-                     **kwargs)
-            destination_filesystem.move(temporary, dst)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):  # never created, or the device refuses even this
-                destination_filesystem.delete_file(temporary)
-            if is_full(exc):
-                FULL_WRITES.append(dst)
-            raise
+    if not (isinstance(destination_filesystem, fs.LocalFileSystem)
+            and isinstance(source_filesystem or fs.LocalFileSystem(), fs.LocalFileSystem)):
+        return getattr(storage, _ORIGINAL)(source, destination, source_filesystem=source_filesystem,
+                                           destination_filesystem=destination_filesystem, **kwargs)
+    if os.path.isdir(source):
+        for folder, _, names in os.walk(source):
+            target = os.path.join(destination, os.path.relpath(folder, source))
+            for name in names:
+                _copy_one(os.path.join(folder, name), os.path.join(target, name))
+    else:
+        _copy_one(source, destination)
     return None
+
+
+def _copy_one(source: str, destination: str) -> None:
+    """Copy to a temporary name, then rename over ``destination``; a file whose size and
+    modification time match the copy already there is left alone. Tune uploads its whole
+    experiment folder at every save of its state: copying only what changed keeps the
+    driver's cost per save from growing with the number of trials."""
+    temporary = None
+    try:
+        stat = os.stat(source)
+        with contextlib.suppress(FileNotFoundError):
+            there = os.stat(destination)
+            if (there.st_size, there.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+                return
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        temporary = os.path.join(os.path.dirname(destination),
+                                 f".{os.path.basename(destination)}.{uuid.uuid4().hex[:8]}.part")
+        shutil.copyfile(source, temporary)
+        os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # what the next upload compares
+        os.replace(temporary, destination)
+    except BaseException as exc:
+        if temporary is not None:
+            with contextlib.suppress(OSError):  # never created, or the device refuses even this
+                os.unlink(temporary)
+        if is_full(exc):
+            FULL_WRITES.append(destination)
+        raise

@@ -11,10 +11,15 @@ from typing import Any
 from .results import Trial
 
 
+def dominates(p: tuple[float, float], q: tuple[float, float]) -> bool:
+    """(accuracy, size) ``p`` is at least as accurate and as small as ``q``, and better in one."""
+    return p[0] >= q[0] and p[1] <= q[1] and (p[0] > q[0] or p[1] < q[1])
+
+
 def pareto_mask(accuracy: Sequence[float], size: Sequence[float]) -> list[bool]:
     """True where no other point has accuracy >= and size <= with one of them strict."""
     points = list(zip(accuracy, size, strict=True))
-    return [not any((a2 >= a and s2 <= s) and (a2 > a or s2 < s) for a2, s2 in points) for a, s in points]
+    return [not any(dominates(other, p) for other in points) for p in points]
 
 
 def hypervolume(points: Sequence[tuple[float, float]], reference_bytes: float) -> float:
