@@ -2,14 +2,19 @@
 
 A layer's weights are one-dimensional, which makes k-means cheap if one works on a histogram
 instead of the points: after one pass that bins the weights (count, sum and sum of squares per
-bin), a Lloyd iteration costs O(k log B) through prefix sums, and an exact dynamic program over
-the bins gives the globally optimal partition. The final assignment and centroids are computed
-on the real weights (nearest centroid, then member means): a final Lloyd step on the data
-itself, not on the histogram.
+bin), a Lloyd iteration costs O(k log B) through prefix sums, and a dynamic program over the
+bins gives the globally optimal partition of them. The final assignment and centroids are
+computed on the real weights (nearest centroid, then member means): a final Lloyd step on the
+data itself, not on the histogram.
 
 Inits: ``linear`` (evenly spaced from min to max, the paper's default and best), ``density``
 (evenly spaced on the CDF), ``random`` (Forgy: k distinct data points), ``kmeans++`` (D²
-sampling), and ``optimal`` (exact 1-D k-means: dynamic programming, refined by Lloyd).
+sampling), and ``optimal`` (the DP, refined by Lloyd). ``optimal`` is exact on up to 4,096
+occupied bins (inputs of up to 65,536 values are binned by value, so exact for them). Beyond
+that it solves the DP on 2,048 coarser bins and then a DP that may move each cut by up to 32
+fine bins, repeated until no cut moves: exact wherever the optimal cuts lie within that reach
+(measured: the exact solver's SSE + 0.04% at k=256 on 2.4M weights; bench/kmeans.py). Above
+1,024 clusters it is Lloyd from the density init (the DP would take many seconds).
 """
 
 from __future__ import annotations
@@ -22,8 +27,13 @@ import torch
 INITS = ("linear", "density", "random", "kmeans++", "optimal")
 #: Inputs with at most this many points are clustered on their unique values: exactly.
 EXACT_LIMIT = 65536
-#: The optimal init solves the DP on at most this many bins, then refines on the full histogram.
-DP_BINS = 1024
+#: The optimal init solves the DP on at most this many bins, then refines it on the full histogram.
+DP_BINS = 2048
+#: ... by moving each cut within this many bins of where it is, until none moves.
+REFINE_RADIUS = 32
+#: Above this many clusters the DP would take many seconds (O(k B log B), and the refinement
+#: O(k) Python steps a round): ``optimal`` is then Lloyd from the density init.
+DP_MAX_K = 1024
 #: ... unless the histogram has at most this many bins: then the DP runs on all of them, which
 #: is exact for inputs with this many distinct values or fewer.
 DP_EXACT_BINS = 4096
@@ -190,7 +200,51 @@ def _init(h: _Hist, x: np.ndarray, k: int, init: str, rng: np.random.Generator) 
         return np.array(centers)
     if h.w.size <= DP_EXACT_BINS:
         return _dp_centers(h, k)
-    return _dp_centers(h.coarsen(DP_BINS), k)
+    coarse = h.coarsen(max(DP_BINS, 4 * k))
+    if k > DP_MAX_K or coarse.w.size < k:
+        return _init(h, x, k, "density", rng)
+    return _refine(h, _dp_centers(coarse, k))
+
+
+def _refine(h: _Hist, centers: np.ndarray, radius: int = REFINE_RADIUS, rounds: int = 64) -> np.ndarray:
+    """The best partition of the full histogram near ``centers``': the DP again, but each cut
+    may only move within ``radius`` bins of where it is, repeated until no cut moves (a cut at
+    the edge of its window moves the window). Exact when every optimal cut lies within reach,
+    as it does from the DP on coarsened bins; each round costs O(k radius²), not O(k n log n).
+    """
+    pw, ps, pq = h.prefix()
+    n, k = h.w.size, centers.size
+
+    def cost(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # SSE of bins a..b-1 (inf when empty)
+        w = pw[b] - pw[a]
+        s = ps[b] - ps[a]
+        return np.where(w > 0, np.maximum(pq[b] - pq[a] - s * s / np.where(w > 0, w, 1.0), 0.0), np.inf)
+
+    c = np.sort(centers)
+    cuts = np.concatenate(([0], np.searchsorted(h.v, (c[:-1] + c[1:]) / 2, side="right"), [n]))
+    if np.any(np.diff(cuts) <= 0):  # an empty cluster: Lloyd relocates it, this cannot
+        return c
+    for _ in range(rounds):
+        windows = [np.array([0])] + [np.arange(max(1, b - radius), min(n - 1, b + radius) + 1)
+                                     for b in cuts[1:-1]] + [np.array([n])]
+        best, back = np.zeros(1), []
+        for j in range(1, k + 1):
+            prev, cur = windows[j - 1], windows[j]
+            total = np.where(prev[:, None] < cur[None, :], best[:, None] + cost(prev[:, None], cur[None, :]), np.inf)
+            arg = np.argmin(total, axis=0)
+            best = total[arg, np.arange(cur.size)]
+            back.append(arg)
+        if not np.isfinite(best[0]):  # no way to keep k clusters non-empty within the windows
+            break
+        new, at = np.empty(k + 1, dtype=np.int64), 0
+        new[k] = n
+        for j in range(k, 0, -1):
+            at = int(back[j - 1][at])
+            new[j - 1] = windows[j - 1][at]
+        if np.array_equal(new, cuts):
+            break
+        cuts = new
+    return (ps[cuts[1:]] - ps[cuts[:-1]]) / (pw[cuts[1:]] - pw[cuts[:-1]])
 
 
 def _as_numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
