@@ -24,17 +24,34 @@ from dcsweep.runner.sweep.storage import is_full
 #: Destinations of copies that failed on a full device, in this process.
 FULL_WRITES: list[str] = []
 _ORIGINAL = "_dcsweep_original_copy_files"
+_ORIGINAL_DELETE = "_dcsweep_original_delete_fs_path"
 
 
 def make_uploads_atomic() -> None:
-    """Patch ``ray.train._internal.storage._pyarrow_fs_copy_files`` (idempotent). Called by the
-    driver before Tune starts and by each trial's worker before it reports a checkpoint."""
-    from ray.train._internal import storage
+    """Patch ``ray.train._internal.storage._pyarrow_fs_copy_files`` and the checkpoint manager's
+    ``_delete_fs_path`` (idempotent). Called by the driver before Tune starts and by each trial's
+    worker before it reports a checkpoint."""
+    from ray.train._internal import checkpoint_manager, storage
 
     if hasattr(storage, _ORIGINAL):
         return
     setattr(storage, _ORIGINAL, storage._pyarrow_fs_copy_files)
     storage._pyarrow_fs_copy_files = _copy_files
+    setattr(checkpoint_manager, _ORIGINAL_DELETE, checkpoint_manager._delete_fs_path)
+    checkpoint_manager._delete_fs_path = _delete_fs_path
+
+
+def _delete_fs_path(fs: Any, fs_path: str) -> None:
+    """Tune deletes a trial's oldest kept checkpoint when it registers a new one, and raises
+    FileNotFoundError when that checkpoint is already gone: after a resume from a snapshot of
+    its state older than the deletions (a full device keeps the last whole snapshot, not the
+    newest), a trial that finishes then fails in the driver. Gone is deleted already."""
+    from pyarrow import fs as pafs
+    from ray.train._internal import checkpoint_manager
+
+    if fs.get_file_info(fs_path).type == pafs.FileType.NotFound:
+        return
+    getattr(checkpoint_manager, _ORIGINAL_DELETE)(fs=fs, fs_path=fs_path)
 
 
 def _copy_files(source: str, destination: str, source_filesystem: Any = None, destination_filesystem: Any = None,

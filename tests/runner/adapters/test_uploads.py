@@ -42,3 +42,24 @@ def test_a_single_file_is_renamed_into_place(tmp_path: Path) -> None:
                 destination_filesystem=local)
     assert (tmp_path / "out" / "a.json").read_text() == "new"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.json"]
+
+
+def test_a_checkpoint_already_gone_is_not_an_error(tmp_path: Path) -> None:
+    """Tune keeps two checkpoints per trial; after a resume from an older snapshot of its state
+    the one it deletes may be gone already, which must not fail the trial."""
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    from dcsweep.runner.adapters.uploads import make_uploads_atomic
+
+    make_uploads_atomic()
+    manager = _CheckpointManager(CheckpointConfig(num_to_keep=1))
+    folders = [tmp_path / f"checkpoint_00000{i}" for i in range(3)]
+    for folder in folders:
+        folder.mkdir()
+    manager.register_checkpoint(_TrainingResult(Checkpoint.from_directory(str(folders[0])), {"i": 0}))
+    folders[0].rmdir()  # deleted by the run before the restart, which the restored state missed
+    manager.register_checkpoint(_TrainingResult(Checkpoint.from_directory(str(folders[1])), {"i": 1}))
+    manager.register_checkpoint(_TrainingResult(Checkpoint.from_directory(str(folders[2])), {"i": 2}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002"]  # the old ones still go
