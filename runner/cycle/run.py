@@ -262,7 +262,7 @@ def run_cycle(
 
 def train_baseline(config: Mapping[str, Any] | CycleConfig, output: str | Path, progress: bool = False) -> float:
     """Only the dense phase, saved as a .dcz that ``dense_path`` accepts; returns its accuracy.
-    A sweep trains this once and every trial starts from it."""
+    (A sweep trains its dense model as the first stage of its first trial instead.)"""
     cfg = config if isinstance(config, CycleConfig) else CycleConfig.from_dict(config)
     cycle = _Cycle(cfg, CycleCallbacks(), progress)
     cycle.dense(seed_everything(cfg.seed))
@@ -274,8 +274,8 @@ def train_baseline(config: Mapping[str, Any] | CycleConfig, output: str | Path, 
 # -- checkpoints ---------------------------------------------------------------------------
 
 def _dense_digest(cfg: CycleConfig) -> str | None:
-    """What a resume checks of ``dense_path``: its content, not where it lies (a sweep's trial
-    gets the same baseline at another temporary path on each attempt)."""
+    """What a resume checks of ``dense_path``: its content, not where it lies (the same file
+    may come back at another path, e.g. a copy in a temporary folder)."""
     if cfg.dense_path is None:
         return None
     return hashlib.sha256(Path(cfg.dense_path).read_bytes()).hexdigest()

@@ -1,7 +1,7 @@
 """The sweep storage: a local or shared path, or an object store (``s3://``, ``gs://``) reached
 through pyarrow's filesystems, as Ray Tune reaches it.
 
-Only small files go through here (the space, sweep.json, dense baselines); Tune writes its own
+Only small files go through here (the space, sweep.json, the stages); Tune writes its own
 experiment and checkpoints to ``uri(...)``. Credentials for object stores come from the usual
 environment (``AWS_*``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``AWS_ENDPOINT_URL`` for S3-compatible
 stores) and are never written anywhere.

@@ -15,7 +15,7 @@ from dcsweep.runner.cycle.pareto import pareto_mask
 from dcsweep.runner.sweep import Storage, new_sweep, space_as_run
 from dcsweep.search_spaces import list_spaces
 
-from ..helpers import free_port, ours_in_temp, served
+from ..helpers import free_port, ours_in_temp, served, trial_rows
 
 SPACE = """
 name: tiny
@@ -103,6 +103,21 @@ def test_dense_baseline_trained_once_and_reused(swept, ray_local) -> None:
                                 None, True, None))
     reused = {client.get_run(t["run_id"]).data.tags["dcsweep.stage.dense.reused"] for t in again["trials"]}
     assert reused == {"true"} and (dense[0] / "model.dcz").stat().st_mtime_ns == before
+
+
+def test_two_workers_run_every_trial_from_the_start(swept) -> None:
+    """Two slots, two workers: both start at once (the second waits for the dense stage the
+    first trains, instead of starting after it), and both serve every later trial."""
+    _, folder, _ = swept
+    trials = sorted((folder / "store" / "sweeps" / "tiny-1" / "tune").glob("trial_*"))
+    rows = {t.name: trial_rows(t) for t in trials}
+    assert len({r["pid"] for rs in rows.values() for r in rs}) == 2
+    first = [rs[0] for name, rs in rows.items() if "_00000_" in name or "_00001_" in name]
+    dense_trained = [r for r in first if not r["reused_dense"]]
+    waited = [r for r in first if r["reused_dense"]]
+    assert len(dense_trained) == 1 and len(waited) == 1
+    # the waiting trial's worker was up before the dense model was done: it reported right after
+    assert waited[0]["timestamp"] - dense_trained[0]["timestamp"] <= 2
 
 
 def test_existing_name_is_refused_and_nothing_touched(swept, capsys) -> None:
