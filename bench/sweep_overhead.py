@@ -11,7 +11,9 @@ Overhead = sweep wall time minus the ideal wall time of its own work: the dense 
 every trial needs, so nothing else can run while it trains) plus the rest of the trials' own
 seconds spread over the concurrent slots. It holds process and Ray start, worker start,
 scheduling, checkpoints, MLflow and Ray's shutdown. It also prints how many Ray workers ran
-trials (read from Ray's own logs: a worker started and then dropped counts too). Targets (issue
+trials (read from Ray's own logs: a worker started and then dropped counts too), and Ray's own
+floor: a process that only starts Ray, starts two workers that import what a trial imports,
+and stops Ray (what any runner on Ray pays before and after its work). Targets (issue
 11): overhead at most 15% of the sweep's wall time, and the sweep faster than the loop.
 """
 
@@ -42,6 +44,24 @@ def loop(space_name: str, folder: Path) -> None:
     for i, values in enumerate(itertools.product(*(d.values for d in space.swept))):
         run_cycle({**space.fixed, **dict(zip(names, values, strict=True))}, stages=store,
                   output=folder / f"loop-{i}" / "model.dcz", plots=folder / f"loop-{i}" / "plots")
+
+
+FLOOR = """
+import logging, ray
+from dcsweep.runner.adapters.env import loopback_only, set_driver_defaults
+set_driver_defaults()
+with loopback_only():
+    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+
+@ray.remote(num_cpus=1)
+class Worker:  # what a trial's worker imports before its first phase
+    def ready(self) -> bool:
+        import dcsweep.runner.adapters.trainable  # noqa: F401
+        return True
+
+ray.get([w.ready.remote() for w in (Worker.remote(), Worker.remote())])
+ray.shutdown()
+"""
 
 
 def _timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -89,6 +109,7 @@ def main() -> None:
         ideal = dense + rest / max(concurrent, 1)
         overhead = sweep_wall - ideal
         loop_wall, _ = _timed([sys.executable, __file__, "--space", args.space, "--loop", tmp])
+    floor, _ = _timed([sys.executable, "-c", FLOOR])
 
     print(f"space {args.space}: {len(metrics)} trials, {concurrent} at a time, {os.cpu_count()} CPUs, "
           f"stages {'shared' if space.share_stages else 'not shared (the dense model only)'}")
@@ -97,6 +118,8 @@ def main() -> None:
           f"{'faster' if sweep_wall < loop_wall else 'slower'})")
     print(f"  sweep's own work: dense stage {dense:.1f} s + the rest of the trials {rest:.1f} s "
           f"/ {concurrent} = {ideal:.1f} s ideal")
+    print(f"  Ray's own floor: a process that starts Ray, two workers that import a trial's modules, "
+          f"and stops Ray: {floor:.1f} s ({100 * floor / sweep_wall:.0f}% of the sweep's wall time)")
     print(f"  runner overhead {overhead:.1f} s = {100 * overhead / sweep_wall:.0f}% of the sweep's wall time "
           f"(target <= 15%: {'PASS' if overhead <= 0.15 * sweep_wall else 'FAIL'}); sweep faster than the loop: "
           f"{'PASS' if sweep_wall < loop_wall else 'FAIL'}")

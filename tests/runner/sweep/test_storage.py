@@ -60,7 +60,8 @@ def test_a_sweep_on_s3(s3: dict[str, str], tmp_path: Path) -> None:
     assert not result["errors"] and len(result["trials"]) == 2 and result["storage"] == storage
     keys = _keys(s3, "runs/")
     assert {"runs/sweeps/on-s3/space.yaml", "runs/sweeps/on-s3/sweep.json"} <= set(keys)
-    assert any(k.startswith("runs/baselines/") and k.endswith("/model.dcz") for k in keys)
+    dense = [k for k in keys if k.startswith("runs/stages/dense/")]
+    assert {k.rsplit("/", 1)[1] for k in dense} >= {"model.dcz", "stage.json"}  # the dense model, once
     assert any(k.startswith("runs/sweeps/on-s3/tune/") and "experiment_state" in k for k in keys)
     assert any(k.startswith("runs/sweeps/on-s3/tune/trial_") and "checkpoint_" in k for k in keys)
     assert sum(k.startswith("runs/mlartifacts/on-s3/") and k.endswith("model.dcz") for k in keys) == 2
