@@ -358,7 +358,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         _print_human(args.command, result)
+    if args.command in ("run", "resume") and result.get("errors") and not result.get("trials"):
+        # not one trial finished: a failure, with the first trial's own cause as its last line
+        print(f"dcsweep: failed: all {len(result['errors'])} failed trials, none finished; the first: "
+              f"{_last_line(result['errors'][0])}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _last_line(text: str) -> str:
+    """The line of an error's text that names it (a traceback ends with the exception)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "no message"
 
 
 def entry() -> NoReturn:

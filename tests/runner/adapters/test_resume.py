@@ -151,6 +151,20 @@ def test_a_trial_that_keeps_failing_ends_failed_and_the_sweep_goes_on(store, tmp
 
 
 @pytest.mark.slow
+def test_a_sweep_whose_every_trial_fails_exits_1_with_the_cause(store, tmp_path: Path) -> None:
+    folder, storage, _ = store
+    with cli("run", str(folder / "space.yaml"), "--name", "all-doomed", "--storage", str(storage), "--json",
+             env={"DCSWEEP_TEST_FAULT": f"always:dense:{tmp_path}"}) as proc:
+        out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-3000:]
+    result = json.loads(out)  # the sweep's JSON still comes, for scripts
+    assert len(result["errors"]) == 6 and result["trials"] == []
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dcsweep: failed: all 6 failed trials, none finished; the first: ")
+    assert "injected fault" in last
+
+
+@pytest.mark.slow
 def test_divergence_stops_only_that_trial(store, tmp_path: Path) -> None:
     result, storage = _faulted(store, "div", f"diverge:pruned:{tmp_path}:sparsity=0.9")
     runs = child_runs(result["tracking_uri"], "div")
