@@ -5,7 +5,8 @@ unless ``DCSWEEP_TEST_FAULT`` is set; a set value is validated before it is used
 VALUE) act right after reporting PHASE:
 
 - ``raise`` raises once per trial, ``kill`` SIGKILLs its worker process once per trial (DIR
-  keeps a marker per trial, so the retry goes through); ``always`` raises on every attempt;
+  keeps a marker per trial, so the retry goes through); ``always`` raises on every attempt
+  (after PHASE, or after the first phase a retry that resumed past PHASE reports);
 - ``diverge`` raises DivergedError, as a NaN loss would;
 - ``meet`` waits (up to MEET_S) until a second trial of the same sweep has reported PHASE too,
   so two trials run at once: Tune hands a short trial to a warm worker before a cold node's
@@ -54,7 +55,10 @@ class Fault:
         return cls(kind, phase, Path(folder), key, value)
 
     def applies(self, phase: str, config: Mapping[str, Any]) -> bool:
-        return phase == self.phase and (not self.key or str(config.get(self.key)) == self.value)
+        # ``always`` fires at PHASE and at every phase after it: a retry resumes past PHASE's
+        # checkpoint, and must fail again
+        at = PHASES.index(phase) >= PHASES.index(self.phase) if self.kind == "always" else phase == self.phase
+        return at and (not self.key or str(config.get(self.key)) == self.value)
 
 
 def from_env() -> Fault | None:

@@ -5,8 +5,7 @@ staging folder, then copies them into the storage with pyarrow's ``copy_files``,
 the target before writing it: a full disk left a 0-byte ``basic-variant-state-*.json`` behind,
 and the sweep could not be resumed even after space was freed. Here each file is copied to a
 temporary name beside its target and renamed over it, so the storage keeps the last whole copy
-of every file; a file unchanged since its last upload is not copied again. Object stores need
-none of this: a put is atomic. The copies that failed because the device is full are
+of every file. Object stores need none of this: a put is atomic. The copies that failed because the device is full are
 remembered, so the driver stops the sweep at once (see callbacks.py) instead of letting every
 trial fail in turn.
 """
@@ -74,22 +73,16 @@ def _copy_files(source: str, destination: str, source_filesystem: Any = None, de
 
 
 def _copy_one(source: str, destination: str) -> None:
-    """Copy to a temporary name, then rename over ``destination``; a file whose size and
-    modification time match the copy already there is left alone. Tune uploads its whole
-    experiment folder at every save of its state: copying only what changed keeps the
-    driver's cost per save from growing with the number of trials."""
+    """Copy to a temporary name, then rename over ``destination``: one plain copy, not a
+    pyarrow ``copy_files`` (threads and all) per file. Every file is copied every time: skipping
+    those whose size and mtime matched the last copy can miss a rewrite (file times tick in jiffies)
+    and a resumed sweep replayed a trial that had finished."""
     temporary = None
     try:
-        stat = os.stat(source)
-        with contextlib.suppress(FileNotFoundError):
-            there = os.stat(destination)
-            if (there.st_size, there.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-                return
         os.makedirs(os.path.dirname(destination), exist_ok=True)
         temporary = os.path.join(os.path.dirname(destination),
                                  f".{os.path.basename(destination)}.{uuid.uuid4().hex[:8]}.part")
         shutil.copyfile(source, temporary)
-        os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # what the next upload compares
         os.replace(temporary, destination)
     except BaseException as exc:
         if temporary is not None:

@@ -55,8 +55,7 @@ class CycleCallbacks:
 
     def on_phase_end(self, phase: str, checkpoint_dir: Path | None, result: CycleResult) -> None:
         """``checkpoint_dir`` is deleted when this returns: copy what you keep. It is None when
-        the phase needs no checkpoint (a dense model loaded from ``dense_path``, a stage taken
-        from the stages: a restarted cycle takes it again)."""
+        the phase needs no checkpoint (a dense model loaded from ``dense_path``)."""
 
     def on_epoch(self, phase: str, epoch: int, loss: float) -> None:
         """Called after every training epoch of every phase."""
@@ -157,10 +156,7 @@ class _Cycle:
                 log.info("%s: stage %s reused (accuracy %.4f, %.1fs saved)", phase, key, record.accuracy,
                          record.seconds)
                 stage = {"key": key, "reused": True, "seconds": record.seconds}
-                # no checkpoint: a restarted cycle takes the stage again, in milliseconds
-                self.result = self.result.after(phase, record.accuracy, time.perf_counter() - start,
-                                                self.bytes_now(), stage)
-                self.callbacks.on_phase_end(phase, None, self.result)
+                self.checkpoint(phase, record.accuracy, time.perf_counter() - start, stage)
                 return
             self.phase(phase)(gen)
             accuracy = evaluate(self.model, self.data.test, self.device)
