@@ -5,9 +5,9 @@ staging folder, then copies them into the storage with pyarrow's ``copy_files``,
 the target before writing it: a full disk left a 0-byte ``basic-variant-state-*.json`` behind,
 and the sweep could not be resumed even after space was freed. Here each file is copied to a
 temporary name beside its target and renamed over it, so the storage keeps the last whole copy
-of every file. Object stores need none of this: a put is atomic. The copies that failed because the device is full are
-remembered, so the driver stops the sweep at once (see callbacks.py) instead of letting every
-trial fail in turn.
+of every file. Object stores need none of this: a put is atomic. The copies that failed
+because the device is full are remembered, so the driver stops the sweep at once (see
+callbacks.py) instead of letting every trial fail in turn.
 """
 
 from __future__ import annotations
@@ -62,21 +62,20 @@ def _copy_files(source: str, destination: str, source_filesystem: Any = None, de
             and isinstance(source_filesystem or fs.LocalFileSystem(), fs.LocalFileSystem)):
         return getattr(storage, _ORIGINAL)(source, destination, source_filesystem=source_filesystem,
                                            destination_filesystem=destination_filesystem, **kwargs)
-    if os.path.isdir(source):
-        for folder, _, names in os.walk(source):
-            target = os.path.join(destination, os.path.relpath(folder, source))
-            for name in names:
-                _copy_one(os.path.join(folder, name), os.path.join(target, name))
-    else:
+    if not os.path.isdir(source):
         _copy_one(source, destination)
+        return None
+    for folder, _, names in os.walk(source):
+        target = os.path.join(destination, os.path.relpath(folder, source))
+        for name in names:
+            _copy_one(os.path.join(folder, name), os.path.join(target, name))
     return None
 
 
 def _copy_one(source: str, destination: str) -> None:
     """Copy to a temporary name, then rename over ``destination``: one plain copy, not a
-    pyarrow ``copy_files`` (threads and all) per file. Every file is copied every time: skipping
-    those whose size and mtime matched the last copy can miss a rewrite (file times tick in jiffies)
-    and a resumed sweep replayed a trial that had finished."""
+    pyarrow ``copy_files`` (threads and all) per file. Every file is copied every time: a file
+    rewritten at the same size can keep its coarse mtime, so "unchanged" cannot be told cheaply."""
     temporary = None
     try:
         os.makedirs(os.path.dirname(destination), exist_ok=True)
