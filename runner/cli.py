@@ -44,6 +44,8 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", dest="data_root", default=s, help="folder holding the data set's files")
     p.add_argument("--download", action="store_true", default=s, help="fetch mnist/cifar into --data-root first")
     p.add_argument("--image-size", dest="image_size", type=int, default=s, help="imagefolder crop size (224)")
+    p.add_argument("--val-fraction", dest="val_fraction", type=float, default=s,
+                   help="share of the training part held out for validation, which selects (0.1)")
     p.add_argument("--sparsity", type=float, default=s, help="target fraction of zero weights per layer (0.9)")
     p.add_argument("--quality", type=float, default=s, help="Han et al.'s rule instead: prune |w| < quality x std")
     p.add_argument("--layer", dest="layers", action="append", type=_layer_rule, default=s, metavar="NAME=VALUE",
@@ -311,9 +313,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 
 def _print_human(command: str, result: dict[str, Any]) -> None:
     if command == "compress":
-        acc = result["accuracy"]
-        print(f"accuracy   dense {acc['dense']:.4f}  pruned {acc['pruned']:.4f}  shared {acc['shared']:.4f}  "
-              f"decoded {acc['decoded']:.4f}")
+        for name, acc in (("test", result["accuracy"]), ("validation", result["val_accuracy"])):
+            print(f"{name + ' accuracy':<20} dense {acc['dense']:.4f}  pruned {acc['pruned']:.4f}  "
+                  f"shared {acc['shared']:.4f}  decoded {acc['decoded']:.4f}")
         by = "  ".join(f"{c} {b:,} B ({result['ratio_by_coder'][c]:.1f}x)" for c, b in
                        result["compressed_bytes_by_coder"].items())
         print(f"size       dense {result['dense_bytes']:,} B -> {by}; sparsity {result['sparsity']:.4f}")
@@ -328,10 +330,12 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
         from .cycle.pareto import label
 
         trials = result["trials"]
-        print(f"{result['name']}: {len(trials)} finished trials; * = Pareto-optimal (accuracy up, size down)")
+        print(f"{result['name']}: {len(trials)} finished trials; * = Pareto-optimal (validation accuracy up, "
+              f"size down)")
         for t in trials:
-            print(f"  {'*' if t['pareto_optimal'] else ' '} {label(t['params']):<22} accuracy {t['accuracy']:.4f}  "
-                  f"{t['compressed_bytes']:>10,} B  {t['ratio'] or 0:6.1f}x")
+            val = "  n/a " if t.get("val_accuracy") is None else f"{t['val_accuracy']:.4f}"
+            print(f"  {'*' if t['pareto_optimal'] else ' '} {label(t['params']):<22} val {val}  test "
+                  f"{t['accuracy']:.4f}  {t['compressed_bytes']:>10,} B  {t['ratio'] or 0:6.1f}x")
         if result.get("errors"):
             print(f"{len(result['errors'])} trial(s) failed; see the MLflow runs tagged 'error'")
         if "ui" in result:

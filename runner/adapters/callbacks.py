@@ -142,7 +142,7 @@ class ProgressCallback(tune.Callback):
 
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
-        self.finished: dict[str, tuple[float, float]] = {}  # label -> (accuracy, bytes)
+        self.finished: dict[str, tuple[float, float]] = {}  # label -> (validation accuracy, bytes)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         report = Report.from_metrics(result)
@@ -150,22 +150,24 @@ class ProgressCallback(tune.Callback):
         if report.phase == DIVERGED:
             sys.stderr.write(f"{name}: stopped, {report.error}\n")
             return
-        if report.phase == FINAL and report.accuracy is not None and report.compressed_bytes:
-            self.finished[name] = (report.accuracy, report.compressed_bytes)
+        if report.phase == FINAL and report.val_accuracy is not None and report.compressed_bytes:
+            self.finished[name] = (report.val_accuracy, report.compressed_bytes)
         done = sum(t.status == "TERMINATED" for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
         size = f", {int(report.compressed_bytes):,} B" if report.compressed_bytes else ""
         if report.ratio is not None:
             size += f" ({report.ratio:.1f}x)"
         acc = "None" if report.accuracy is None else f"{report.accuracy:.4f}"
+        if report.val_accuracy is not None:
+            acc += f" (val {report.val_accuracy:.4f})"
         sys.stderr.write(f"[{done}/{len(trials)} done, {running} running] {name}: {report.phase} "
                          f"accuracy {acc}{size}\n")
         if report.phase == FINAL:
             names = list(self.finished)
             optimal = pareto_mask([self.finished[n][0] for n in names], [self.finished[n][1] for n in names])
             front = sorted((self.finished[n][1], n) for n, o in zip(names, optimal, strict=True) if o)
-            sys.stderr.write("  front so far: " + " | ".join(
-                f"{n} {self.finished[n][0]:.4f} @ {b / 1024:.1f} KB" for b, n in front) + "\n")
+            sys.stderr.write("  front so far (on val accuracy): " + " | ".join(
+                f"{n} val {self.finished[n][0]:.4f} @ {b / 1024:.1f} KB" for b, n in front) + "\n")
         sys.stderr.flush()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

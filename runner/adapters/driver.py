@@ -214,7 +214,8 @@ def _final_trials(tracker: SweepTracker, sweep: Sweep, results: tune.ResultGrid,
         done = [(r.config or {}, r.metrics) for r in _each(results)
                 if r.error is None and r.metrics and r.metrics.get("phase") == FINAL]
         return mark_front([Trial(None, {d.name: str(config.get(d.name)) for d in sweep.space.swept},
-                                 metrics["accuracy"], int(metrics["compressed_bytes"]), metrics.get(RATIO_METRIC))
+                                 metrics["accuracy"], int(metrics["compressed_bytes"]), metrics.get(RATIO_METRIC),
+                                 metrics.get("val_accuracy"))
                            for config, metrics in done])
 
 
@@ -239,7 +240,8 @@ def _tune_config(space: SearchSpace) -> tune.TuneConfig:
         from ray.tune.search.optuna import OptunaSearch
 
         # metric/mode only here: also setting them on TuneConfig silently makes it single-objective
-        search = OptunaSearch(metric=["accuracy", "compressed_bytes"], mode=["max", "min"],
+        # validation accuracy: a searcher steered by the test part would overstate its front
+        search = OptunaSearch(metric=["val_accuracy", "compressed_bytes"], mode=["max", "min"],
                               sampler=optuna.samplers.NSGAIISampler(seed=space.seed))
         return tune.TuneConfig(search_alg=ConcurrencyLimiter(search, max_concurrent=space.max_concurrent),
                                num_samples=space.num_samples, reuse_actors=True)

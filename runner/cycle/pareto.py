@@ -38,10 +38,20 @@ def hypervolume(points: Sequence[tuple[float, float]], reference_bytes: float) -
     return area / reference_bytes
 
 
+def selection_point(trial: Trial) -> tuple[float, int] | None:
+    """(validation accuracy, bytes): what the front is marked on. Never the test accuracy: a
+    front chosen on the test part overstates itself. None for a trial without a validation
+    accuracy (one from before the split), which is never on the front."""
+    return None if trial.val_accuracy is None else (trial.val_accuracy, trial.compressed_bytes)
+
+
 def mark_front(trials: Sequence[Trial]) -> list[Trial]:
-    """The trials with ``pareto_optimal`` set, sorted by compressed size."""
-    optimal = pareto_mask([t.accuracy for t in trials], [t.compressed_bytes for t in trials])
-    marked = [replace(t, pareto_optimal=flag) for t, flag in zip(trials, optimal, strict=True)]
+    """The trials with ``pareto_optimal`` set on (validation accuracy, bytes), sorted by
+    compressed size."""
+    points = [(i, p) for i, p in enumerate(map(selection_point, trials)) if p is not None]
+    optimal = pareto_mask([p[0] for _, p in points], [p[1] for _, p in points])
+    front = {i for (i, _), keep in zip(points, optimal, strict=True) if keep}
+    marked = [replace(t, pareto_optimal=i in front) for i, t in enumerate(trials)]
     return sorted(marked, key=lambda t: t.compressed_bytes)
 
 
@@ -49,9 +59,10 @@ def write_csv(path: Path, trials: Sequence[Trial]) -> Path:
     keys = sorted({k for t in trials for k in t.params})
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run_id", "accuracy", "compressed_bytes", "ratio", "pareto_optimal", *keys])
+        writer.writerow(["run_id", "accuracy", "val_accuracy", "compressed_bytes", "ratio", "pareto_optimal", *keys])
         for t in sorted(trials, key=lambda t: t.compressed_bytes):
-            writer.writerow([t.run_id, t.accuracy, t.compressed_bytes, t.ratio, str(t.pareto_optimal).lower(),
+            writer.writerow([t.run_id, t.accuracy, t.val_accuracy, t.compressed_bytes, t.ratio,
+                             str(t.pareto_optimal).lower(),
                              *(t.params.get(k, "") for k in keys)])
     return path
 
@@ -63,18 +74,18 @@ def write_png(path: Path, trials: Sequence[Trial], title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    others = [t for t in trials if not t.pareto_optimal]
-    front = sorted((t for t in trials if t.pareto_optimal), key=lambda t: t.compressed_bytes)
-    ax.scatter([t.compressed_bytes for t in others], [t.accuracy for t in others], c="tab:gray", label="trials")
-    ax.step([t.compressed_bytes for t in front], [t.accuracy for t in front], where="post", c="tab:red")
-    ax.scatter([t.compressed_bytes for t in front], [t.accuracy for t in front], c="tab:red",
-               label="Pareto front", zorder=3)
-    for t in trials:
-        ax.annotate(label(t.params), (t.compressed_bytes, t.accuracy), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+    # the axis the front is marked on: validation accuracy
+    shown = [(t, p) for t in trials if (p := selection_point(t)) is not None]
+    others = [p for t, p in shown if not t.pareto_optimal]
+    front = sorted((p for t, p in shown if t.pareto_optimal), key=lambda p: p[1])
+    ax.scatter([p[1] for p in others], [p[0] for p in others], c="tab:gray", label="trials")
+    ax.step([p[1] for p in front], [p[0] for p in front], where="post", c="tab:red")
+    ax.scatter([p[1] for p in front], [p[0] for p in front], c="tab:red", label="Pareto front", zorder=3)
+    for t, (accuracy, size) in shown:
+        ax.annotate(label(t.params), (size, accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("compressed size (bytes, log scale)")
-    ax.set_ylabel("top-1 accuracy")
+    ax.set_ylabel("validation top-1 accuracy")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -53,7 +53,8 @@ class Encoded:
 
 @dataclass(frozen=True)
 class CycleResult:
-    """The cycle so far. ``accuracy`` and ``seconds`` are keyed by phase (then ``decoded``, and
+    """The cycle so far. ``accuracy`` (on the test part) and ``val_accuracy`` (on the
+    validation split: what selects) and ``seconds`` are keyed by phase (then ``decoded``, and
     ``encoded``/``plots``/``total`` seconds once the file is written); ``bytes_by_phase`` is the
     size of the .dcz had the cycle stopped after that phase."""
 
@@ -65,14 +66,15 @@ class CycleResult:
     #: phase -> {"key": the stage's key, "reused": taken from an earlier computation,
     #: "seconds": what computing the stage took (saved when reused)}
     stages: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    val_accuracy: Mapping[str, float] = field(default_factory=dict)
 
-    def after(self, phase: str, accuracy: float, seconds: float, size: int | None,
+    def after(self, phase: str, accuracy: float, val_accuracy: float, seconds: float, size: int | None,
               stage: Mapping[str, Any] | None = None) -> CycleResult:
         """This result with ``phase`` done (from ``stage``, when it is one)."""
         sizes = self.bytes_by_phase if size is None else {**self.bytes_by_phase, phase: size}
         stages = self.stages if stage is None else {**self.stages, phase: dict(stage)}
         return replace(self, accuracy={**self.accuracy, phase: accuracy}, seconds={**self.seconds, phase: seconds},
-                       bytes_by_phase=sizes, stages=stages)
+                       bytes_by_phase=sizes, stages=stages, val_accuracy={**self.val_accuracy, phase: val_accuracy})
 
     def with_seconds(self, **seconds: float) -> CycleResult:
         """More timings; ``total`` is kept the sum of the others."""
@@ -83,14 +85,18 @@ class CycleResult:
 
     # -- the flat names of Tune reports and MLflow metrics ----------------------------------
     def metrics(self, phase: str) -> dict[str, Any]:
-        """What a trial reports after ``phase`` (or ``FINAL``): the phase, ``accuracy`` (of the
-        model as it stands: decoded at the end), ``accuracy_<phase>``, ``seconds_<phase>`` and
+        """What a trial reports after ``phase`` (or ``FINAL``): the phase, ``accuracy`` and
+        ``val_accuracy`` (of the model as it stands: decoded at the end), ``accuracy_<phase>``,
+        ``val_accuracy_<phase>``, ``seconds_<phase>`` and
         ``compressed_bytes`` (the size had the trial stopped here: a multi-objective searcher
         gets both objectives from every report); at the end also ``sparsity``, ``dense_bytes``
         and ``compression_ratio``."""
         acc = dict(self.accuracy)
         out: dict[str, Any] = {"phase": phase, "accuracy": acc.get("decoded", acc.get(phase))}
         out.update({f"accuracy_{k}": v for k, v in acc.items()})
+        val = dict(self.val_accuracy)
+        out["val_accuracy"] = val.get("decoded", val.get(phase))
+        out.update({f"val_accuracy_{k}": v for k, v in val.items()})
         out.update({f"seconds_{k}": v for k, v in self.seconds.items()})
         for name, stage in self.stages.items():
             out[f"stage_{name}"], out[f"reused_{name}"] = stage["key"], bool(stage["reused"])
@@ -109,6 +115,7 @@ class CycleResult:
         layers, ... (before the file is written, only what is known so far)."""
         out: dict[str, Any] = {"model": self.config.get("model"), "dataset": self.config.get("dataset"),
                                "config": dict(self.config), "accuracy": dict(self.accuracy),
+                               "val_accuracy": dict(self.val_accuracy),
                                "seconds": dict(self.seconds), "bytes_by_phase": dict(self.bytes_by_phase),
                                "stages": {k: dict(v) for k, v in self.stages.items()}}
         e = self.encoded
@@ -130,7 +137,7 @@ class CycleResult:
                               tuple(dict(row) for row in data["layers"]))
         return cls(dict(data["config"]), dict(data["accuracy"]), dict(data["seconds"]),
                    dict(data.get("bytes_by_phase", {})), encoded,
-                   {k: dict(v) for k, v in dict(data.get("stages", {})).items()})
+                   {k: dict(v) for k, v in dict(data.get("stages", {})).items()}, dict(data.get("val_accuracy", {})))
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ class Report:
 
     phase: str
     accuracy: float | None
+    val_accuracy: float | None
     compressed_bytes: float | None
     ratio: float | None
     error: str | None
@@ -151,7 +159,7 @@ class Report:
         numbers = {k: float(v) for k, v in metrics.items() if _loggable(k, v)}
         stages = {phase: (str(metrics[f"stage_{phase}"]), _flag(metrics.get(f"reused_{phase}")))
                   for phase in PHASES if isinstance(metrics.get(f"stage_{phase}"), str)}
-        return cls(str(metrics.get("phase")), _number(metrics.get("accuracy")),
+        return cls(str(metrics.get("phase")), _number(metrics.get("accuracy")), _number(metrics.get("val_accuracy")),
                    _number(metrics.get("compressed_bytes")), _number(metrics.get(RATIO_METRIC)),
                    metrics.get("error"), numbers, stages)
 
@@ -163,7 +171,7 @@ class Report:
     def diverged(error: str) -> dict[str, Any]:
         """The report of a trial whose loss diverged: both objectives at their worst, so a
         multi-objective searcher steers away from it."""
-        return {"phase": DIVERGED, "error": error, "accuracy": 0.0, "compressed_bytes": math.inf}
+        return {"phase": DIVERGED, "error": error, "accuracy": 0.0, "val_accuracy": 0.0, "compressed_bytes": math.inf}
 
 
 _LOGGED = ("sparsity", "compressed_bytes", "dense_bytes", RATIO_METRIC)
@@ -172,7 +180,7 @@ _LOGGED = ("sparsity", "compressed_bytes", "dense_bytes", RATIO_METRIC)
 def _loggable(key: str, value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
-    return key.startswith(("accuracy", "seconds_")) or key in _LOGGED
+    return key.startswith(("accuracy", "val_accuracy", "seconds_")) or key in _LOGGED
 
 
 def _flag(value: Any) -> bool:
@@ -188,16 +196,19 @@ def _number(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class Trial:
-    """A finished trial of a sweep as ``dcsweep pareto --json`` and ``pareto.csv`` show it."""
+    """A finished trial of a sweep as ``dcsweep pareto --json`` and ``pareto.csv`` show it:
+    ``accuracy`` on the test part, ``val_accuracy`` on the validation split, which is what the
+    front is marked on (a trial without it, from before the split existed, is never on it)."""
 
     run_id: str | None
     params: Mapping[str, str]
     accuracy: float
     compressed_bytes: int
     ratio: float | None
+    val_accuracy: float | None = None
     pareto_optimal: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "params": dict(self.params), "accuracy": self.accuracy,
-                "compressed_bytes": self.compressed_bytes, "ratio": self.ratio,
+                "val_accuracy": self.val_accuracy, "compressed_bytes": self.compressed_bytes, "ratio": self.ratio,
                 "pareto_optimal": self.pareto_optimal}

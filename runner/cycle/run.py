@@ -68,7 +68,7 @@ class _Cycle:
                  workdir: Path | None = None) -> None:
         self.cfg, self.callbacks, self.progress, self.workdir = cfg, callbacks, progress, workdir
         self.device = pick_device(cfg.device)
-        self.data: Data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size)
+        self.data: Data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size, cfg.val_fraction)
         seed_everything(cfg.seed)  # the initial weights too
         self.model = create_model(cfg.model, self.data.input_shape, self.data.num_classes)
         cfg.check_layers(self.model)  # a rule naming no layer is refused before any training
@@ -76,6 +76,11 @@ class _Cycle:
         self.dense_sha256 = _dense_digest(cfg)  # hashed once: a dense file can be large
         self.keys = stage_keys(cfg, self.dense_sha256)
         self.stages: Stages = NoStages()
+
+    def scores(self, model: nn.Module | None = None) -> tuple[float, float]:
+        """(test accuracy, validation accuracy) of ``model`` (default: the cycle's)."""
+        model = self.model if model is None else model
+        return evaluate(model, self.data.test, self.device), evaluate(model, self.data.validation, self.device)
 
     def fit(self, phase: str, label: str, epochs: int, lr: float, gen: torch.Generator, first_epoch: int = 0) -> None:
         cfg = self.cfg
@@ -114,8 +119,8 @@ class _Cycle:
                     continue
                 start = time.perf_counter()
                 self.prune_rung(number, target)
-                accuracy = evaluate(self.model, self.data.test, self.device)
-                record = StageRecord("pruned", key, accuracy, time.perf_counter() - start)
+                accuracy, val_accuracy = self.scores()
+                record = StageRecord("pruned", key, accuracy, val_accuracy, time.perf_counter() - start)
                 log.info("ladder rung %d (sparsity %g): accuracy %.4f in %.1fs", number, target, accuracy,
                          record.seconds)
                 with tempfile.TemporaryDirectory(prefix="dcsweep-rung-", dir=self.workdir) as tmp:
@@ -156,33 +161,33 @@ class _Cycle:
                 log.info("%s: stage %s reused (accuracy %.4f, %.1fs saved)", phase, key, record.accuracy,
                          record.seconds)
                 stage = {"key": key, "reused": True, "seconds": record.seconds}
-                self.checkpoint(phase, record.accuracy, time.perf_counter() - start, stage)
+                self.checkpoint(phase, record.accuracy, record.val_accuracy, time.perf_counter() - start, stage)
                 return
             self.phase(phase)(gen)
-            accuracy = evaluate(self.model, self.data.test, self.device)
+            accuracy, val_accuracy = self.scores()
             seconds = time.perf_counter() - start
-            log.info("%s: accuracy %.4f in %.1fs", phase, accuracy, seconds)
+            log.info("%s: accuracy %.4f (validation %.4f) in %.1fs", phase, accuracy, val_accuracy, seconds)
             if from_file:  # loaded, not computed: the pruned stage's key holds the file's digest
-                self.checkpoint(phase, accuracy, seconds, None)
+                self.checkpoint(phase, accuracy, val_accuracy, seconds, None)
                 return
-            record = StageRecord(phase, key, accuracy, seconds)
-            self.checkpoint(phase, accuracy, seconds, {"key": key, "reused": False, "seconds": seconds},
+            record = StageRecord(phase, key, accuracy, val_accuracy, seconds)
+            self.checkpoint(phase, accuracy, val_accuracy, seconds, {"key": key, "reused": False, "seconds": seconds},
                             lambda folder: stages.publish(phase, key, folder, record))
 
-    def checkpoint(self, phase: str, accuracy: float, seconds: float, stage: dict[str, Any] | None,
-                   publish: Callable[[Path], None] | None = None) -> None:
+    def checkpoint(self, phase: str, accuracy: float, val_accuracy: float, seconds: float,
+                   stage: dict[str, Any] | None, publish: Callable[[Path], None] | None = None) -> None:
         """The model as a .dcz in the run's own format and the results so far, handed to the
         callback (and to ``publish``, for a stage computed here); a dense model loaded from
         ``dense_path`` needs no checkpoint (a resume loads it again)."""
         if phase == "dense" and self.cfg.dense_path is not None:
-            self.result = self.result.after(phase, accuracy, seconds, self.bytes_now(), stage)
+            self.result = self.result.after(phase, accuracy, val_accuracy, seconds, self.bytes_now(), stage)
             self.callbacks.on_phase_end(phase, None, self.result)
             return
         with tempfile.TemporaryDirectory(prefix=f"dcsweep-{phase}-", dir=self.workdir) as tmp:
             folder = Path(tmp)
             report = save_compressed(self.model, folder / MODEL_FILE, coder=self.cfg.coder,
                                      index_bits=self.cfg.index_bits)
-            self.result = self.result.after(phase, accuracy, seconds, report.total_bytes, stage)
+            self.result = self.result.after(phase, accuracy, val_accuracy, seconds, report.total_bytes, stage)
             if publish is not None:
                 publish(folder)
             state = {"phase": phase, "result": self.result.to_json(), "dense_sha256": self.dense_sha256}
@@ -199,7 +204,7 @@ class _Cycle:
             path.parent.mkdir(parents=True, exist_ok=True)
             report = save_compressed(self.model, path, coder=cfg.coder, index_bits=cfg.index_bits)
             decoded = load_compressed(path)  # a fresh model built from the file's own architecture
-        accuracy = evaluate(decoded, self.data.test, self.device)
+        accuracy, val_accuracy = self.scores(decoded)
         by_coder = {cfg.coder: report.total_bytes, **{
             c: size_report(self.model, coder=c, index_bits=cfg.index_bits).total_bytes
             for c in ("huffman", "ans") if c != cfg.coder}}
@@ -208,6 +213,7 @@ class _Cycle:
         encoded = Encoded(str(output) if output is not None else None, cfg.coder, sparsity(self.model),
                           report.dense_bytes, report.total_bytes, by_coder, tuple(r.to_dict() for r in report.layers))
         self.result = dataclasses.replace(self.result, accuracy={**self.result.accuracy, "decoded": accuracy},
+                                          val_accuracy={**self.result.val_accuracy, "decoded": val_accuracy},
                                           encoded=encoded)
         self.result = self.result.with_seconds(encoded=time.perf_counter() - start)
         return report

@@ -27,11 +27,11 @@ from .config import CycleConfig
 from .results import PHASES
 
 #: Bumped when what a stage holds, or how a phase computes it, changes within one release.
-STAGE_FORMAT = 1
+STAGE_FORMAT = 2  # 2: trained without the validation split, and its accuracy recorded
 #: A stage's record beside its model: phase, key, accuracy, seconds and what it consumed.
 STAGE_FILE = "stage.json"
 
-_DATA = ("model", "dataset", "data_root", "image_size", "seed", "device")
+_DATA = ("model", "dataset", "data_root", "image_size", "val_fraction", "seed", "device")
 _TRAINING = ("optimizer", "momentum", "weight_decay", "batch_size")
 #: The settings each phase reads (prune_lr/share_lr as the rate actually used).
 CONSUMES: dict[str, tuple[str, ...]] = {
@@ -97,15 +97,18 @@ class StageRecord:
 
     phase: str
     key: str
-    accuracy: float
+    accuracy: float  # test
+    val_accuracy: float
     seconds: float  # what computing it took: what each reuse saves
 
     def to_json(self) -> dict[str, Any]:
-        return {"phase": self.phase, "key": self.key, "accuracy": self.accuracy, "seconds": self.seconds}
+        return {"phase": self.phase, "key": self.key, "accuracy": self.accuracy, "val_accuracy": self.val_accuracy,
+                "seconds": self.seconds}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StageRecord:
-        return cls(str(data["phase"]), str(data["key"]), float(data["accuracy"]), float(data["seconds"]))
+        return cls(str(data["phase"]), str(data["key"]), float(data["accuracy"]), float(data["val_accuracy"]),
+                   float(data["seconds"]))
 
 
 class Stages(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,11 @@ from mlflow.entities import Metric
 
 from dcsweep.runner.adapters import tracking
 from dcsweep.runner.adapters.tracking import SweepTracker, read_trials, sweep_trials
-from dcsweep.runner.cycle import ConfigError
+from dcsweep.runner.cycle import ConfigError, run_cycle
+from dcsweep.runner.cycle import run as cycle_run
+from dcsweep.runner.cycle.datasets import load_dataset
+from dcsweep.runner.cycle.results import Report
+from dcsweep.runner.sweep.stages import StageStore
 
 
 def _sweep(folder: Path, trials: int) -> SweepTracker:
@@ -17,6 +22,7 @@ def _sweep(folder: Path, trials: int) -> SweepTracker:
     for i in range(trials):
         run = tracker.trial_run(f"t_{i}", {"sparsity": 0.5 + i / 100, "k": 4}, f"t_{i}")
         tracker.client.log_batch(run, metrics=[Metric("accuracy", 0.5 + i / 100, 0, 3),
+                                               Metric("val_accuracy", 0.5 + i / 100, 0, 3),
                                                Metric("compressed_bytes", 1000 + i, 0, 3)])
         tracker.client.set_terminated(run, "FINISHED" if i % 3 else "RUNNING")
     return tracker
@@ -40,3 +46,40 @@ def test_an_unknown_sweep_names_the_ones_the_store_holds(tmp_path: Path) -> None
     _sweep(tmp_path, 1)
     with pytest.raises(ConfigError, match=r"no sweep named 'nope' in sqlite:///.*; sweeps there: \['paged'\]"):
         sweep_trials(f"sqlite:///{tmp_path / 'mlflow.db'}", "nope")
+
+
+def _poisoned(*args, **kwargs):
+    """The data set with every test label changed (each class becomes the next one)."""
+    data = load_dataset(*args, **kwargs)
+    data.test.labels = (data.test.labels + 1) % data.num_classes
+    return data
+
+
+def _front(folder: Path, name: str) -> tuple[dict[str, bool], dict[str, float], dict[str, float]]:
+    """Nine trials through the real tracker: their Pareto flags (as tagged), test and
+    validation accuracy, by swept settings."""
+    tracker = SweepTracker(f"sqlite:///{folder / 'mlflow.db'}", name)
+    store = StageStore(folder / name)
+    for i, (sparsity, k) in enumerate(itertools.product((0.3, 0.6, 0.95), (2, 4, 32))):
+        settings = {"sparsity": sparsity, "k": k, "epochs": 4, "prune_epochs": 1, "prune_steps": 1,
+                    "share_epochs": 1}
+        result = run_cycle(settings, stages=store)
+        tracker.trial_run(f"t{i}", {"sparsity": sparsity, "k": k}, f"t{i}")
+        tracker.log_phase(f"t{i}", "final", Report.from_metrics(result.metrics("final")).numbers)
+        tracker.finish_trial(f"t{i}", result, {})
+    tags = {r.data.params["sparsity"] + "/" + r.data.params["k"]: r.data.tags[tracking.PARETO_TAG] == "true"
+            for r in tracking.search_all(tracker.client, tracker.experiment_id, f"tags.`{tracking.ROLE}` = 'child'")}
+    trials = read_trials(tracker.client, tracker.experiment_id)
+    assert tags == {f"{t.params['sparsity']}/{t.params['k']}": t.pareto_optimal for t in trials}
+    return (tags, {f"{t.params['sparsity']}/{t.params['k']}": t.accuracy for t in trials},
+            {f"{t.params['sparsity']}/{t.params['k']}": t.val_accuracy for t in trials})
+
+
+def test_the_front_never_reads_test_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Selection reads validation data only: with every test label poisoned the trials train
+    and validate the same, their test accuracy collapses, and the front is the same."""
+    front, test, val = _front(tmp_path, "clean")
+    monkeypatch.setattr(cycle_run, "load_dataset", _poisoned)
+    poisoned_front, poisoned_test, poisoned_val = _front(tmp_path, "poisoned")
+    assert poisoned_val == val and poisoned_front == front and any(front.values()) and not all(front.values())
+    assert max(poisoned_test.values()) < 0.25 < 0.8 < max(test.values())

@@ -19,12 +19,12 @@ def first_batch(source, n: int = 8, shuffle: bool = False):
     return next(source.batches(n, CPU, torch.Generator().manual_seed(0) if shuffle else None))
 
 
-@pytest.mark.parametrize(("name", "shape", "train", "test"), [
-    ("digits", (1, 8, 8), 1297, 500), ("mnist5k", (1, 28, 28), 4000, 1000)])
-def test_bundled_sets(name: str, shape: tuple, train: int, test: int) -> None:
+@pytest.mark.parametrize(("name", "shape", "train", "val", "test"), [
+    ("digits", (1, 8, 8), 1167, 130, 500), ("mnist5k", (1, 28, 28), 3600, 400, 1000)])
+def test_bundled_sets(name: str, shape: tuple, train: int, val: int, test: int) -> None:
     data = load_dataset(name)
     assert data.input_shape == shape and data.num_classes == 10
-    assert (len(data.train), len(data.test)) == (train, test)
+    assert (len(data.train), len(data.validation), len(data.test)) == (train, val, test)
     again = load_dataset(name)
     assert torch.equal(data.test.labels, again.test.labels)  # fixed split
     assert torch.bincount(data.test.labels).min() >= test // 10 - 3  # stratified
@@ -37,8 +37,9 @@ def test_bundled_sets(name: str, shape: tuple, train: int, test: int) -> None:
 def test_idx_files(tmp_path: Path, name: str, folder: str, compress: bool) -> None:
     root = write_mnist(tmp_path, folder, compress=compress)
     data = load_dataset(name, root)
-    assert data.input_shape == (1, 28, 28) and (len(data.train), len(data.test)) == (60, 20)
-    assert data.train.labels[:3].tolist() == [0, 1, 2]
+    assert data.input_shape == (1, 28, 28)
+    assert (len(data.train), len(data.validation), len(data.test)) == (50, 10, 20)
+    assert sorted(data.validation.labels.tolist()) == list(range(10))  # one of each class
 
 
 @pytest.mark.parametrize("writer", [write_cifar_bin, write_cifar_py], ids=["binary", "python"])
@@ -46,8 +47,9 @@ def test_idx_files(tmp_path: Path, name: str, folder: str, compress: bool) -> No
 def test_cifar_files(tmp_path: Path, writer, classes: int) -> None:
     data = load_dataset(f"cifar{classes}", writer(tmp_path, classes))
     train_n = 50 if classes == 10 else 10
-    assert (len(data.train), len(data.test)) == (train_n, 10) and data.input_shape == (3, 32, 32)
-    assert data.train.augment and not data.test.augment
+    assert len(data.train) + len(data.validation) == train_n and len(data.test) == 10
+    assert data.input_shape == (3, 32, 32)
+    assert data.train.augment and not data.test.augment and not data.validation.augment
     x, _ = first_batch(data.train, shuffle=True)
     plain, _ = first_batch(data.train)
     assert x.shape == plain.shape == (8, 3, 32, 32)
@@ -55,9 +57,38 @@ def test_cifar_files(tmp_path: Path, writer, classes: int) -> None:
 
 def test_imagefolder(tmp_path: Path) -> None:
     data = load_dataset(f"imagefolder:{write_imagefolder(tmp_path)}", image_size=32)
-    assert data.input_shape == (3, 32, 32) and data.num_classes == 3 and len(data.train) == 12
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 3
+    assert (len(data.train), len(data.validation)) == (9, 3)  # one image of each class held out
     x, y = first_batch(data.test, 5)
     assert x.shape == (5, 3, 32, 32) and y.tolist() == [0, 0, 0, 0, 1]
+    xv, yv = first_batch(data.validation, 3)
+    assert sorted(yv.tolist()) == [0, 1, 2] and torch.equal(xv, first_batch(data.validation, 3)[0])  # no augment
+    train_files = {data.train.dataset.dataset.samples[i][0] for i in data.train.dataset.indices}
+    val_files = {data.validation.dataset.dataset.samples[i][0] for i in data.validation.dataset.indices}
+    assert not train_files & val_files and len(train_files | val_files) == 12
+
+
+def _rows(source) -> set[bytes]:
+    return {bytes(row.numpy().tobytes()) for row in source.images}
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist5k"])
+def test_the_validation_split_is_carved_from_train_and_disjoint_from_both(name: str) -> None:
+    data = load_dataset(name)
+    train, val, test = _rows(data.train), _rows(data.validation), _rows(data.test)
+    assert not val & train and not val & test
+    counts = torch.bincount(data.validation.labels, minlength=10)
+    share = torch.bincount(data.train.labels, minlength=10) / len(data.train)
+    assert (counts - share * len(data.validation)).abs().max() <= 1.5  # stratified
+    bigger = load_dataset(name, val_fraction=0.2)
+    assert abs(len(bigger.validation) - 2 * len(data.validation)) <= 10
+    assert torch.equal(bigger.test.labels, data.test.labels)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 0.6])
+def test_a_validation_fraction_out_of_range_is_refused(fraction: float) -> None:
+    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 0.5\]"):
+        load_dataset("digits", val_fraction=fraction)
 
 
 @pytest.mark.parametrize(("name", "message"), [
@@ -109,10 +140,10 @@ def test_unknown_dataset_lists_valid_ones() -> None:
 
 def test_cifar_augmentation_crops_and_flips(tmp_path: Path) -> None:
     data = load_dataset("cifar10", write_cifar_bin(tmp_path))
-    augmented = first_batch(data.train, 50, shuffle=True)[0]
+    augmented = first_batch(data.train, 40, shuffle=True)[0]
     data.train.augment = False
-    plain = first_batch(data.train, 50, shuffle=True)[0]  # same order, no augmentation
-    assert augmented.shape == plain.shape == (50, 3, 32, 32)
+    plain = first_batch(data.train, 40, shuffle=True)[0]  # same order, no augmentation
+    assert augmented.shape == plain.shape == (40, 3, 32, 32)
     assert not torch.equal(augmented, plain)
     # a crop of a zero-padded image: some rows or columns are all padding (the mean's negative)
     background = (0 - torch.tensor(data.train.mean).view(3, 1, 1)) / torch.tensor(data.train.std).view(3, 1, 1)

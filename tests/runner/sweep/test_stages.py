@@ -35,7 +35,7 @@ with store.claim("pruned", "k") as found:
         work = Path(root).parent / f"work-{me}"
         work.mkdir()
         (work / "model.dcz").write_bytes(f"weights by {me}".encode())
-        store.publish("pruned", "k", work, StageRecord("pruned", "k", 0.5, seconds))
+        store.publish("pruned", "k", work, StageRecord("pruned", "k", 0.5, 0.55, seconds))
         found_bytes = (work / "model.dcz").read_bytes()
     else:
         found_bytes = (found / "model.dcz").read_bytes()
@@ -93,7 +93,7 @@ def test_an_object_store_holds_stages(s3_env: dict[str, str], tmp_path: Path) ->
     with store.claim("pruned", "abc") as found:
         assert found is None
         (tmp_path / "model.dcz").write_bytes(b"pruned weights")
-        store.publish("pruned", "abc", tmp_path, StageRecord("pruned", "abc", 0.75, 12.5))
+        store.publish("pruned", "abc", tmp_path, StageRecord("pruned", "abc", 0.75, 0.8, 12.5))
     with store.claim("pruned", "abc") as found:
         assert found is not None and (found / "model.dcz").read_bytes() == b"pruned weights"
         assert json.loads((found / "stage.json").read_text())["seconds"] == 12.5
@@ -107,7 +107,7 @@ def test_stages_of_each_phase_are_kept_apart(phase: str, tmp_path: Path) -> None
     with store.claim(phase, "same-key") as found:
         assert found is None
         (tmp_path / "model.dcz").write_bytes(phase.encode())
-        store.publish(phase, "same-key", tmp_path, StageRecord(phase, "same-key", 0.1, 1.0))
+        store.publish(phase, "same-key", tmp_path, StageRecord(phase, "same-key", 0.1, 0.2, 1.0))
     for other in {"dense", "pruned", "shared"} - {phase}:
         assert not store.done(other, "same-key")
     with store.claim(phase, "same-key") as found:
