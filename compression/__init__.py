@@ -16,7 +16,7 @@ from .huffman import huffman_decode, huffman_encode
 from .kmeans import INITS, kmeans_1d
 from .layers import Masked, SharedWeight, sparsity, structural_mask
 from .pruning import MagnitudePrune, iterative_prune_, prune_, prune_schedule
-from .report import LayerSize, SizeReport, size_report
+from .report import LayerSize, SizeReport, size_report, tensor_bytes
 from .serialization import load_compressed, read_compressed, read_header, save_compressed
 from .sharing import MAX_K, MIN_K, KMeansShare, share_weights_
 from .sparse import MAX_INDEX_BITS, MIN_INDEX_BITS
@@ -54,4 +54,5 @@ __all__ = [
     "size_report",
     "sparsity",
     "structural_mask",
+    "tensor_bytes",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 import torch.nn as nn
 
 from .architectures import model_arch
-from .fileformat import Parsed, Record, encode_model, parse, parse_file, printable
+from .fileformat import Parsed, Record, encode_model, encode_tensor, parse, parse_file, printable
 
 #: What the library compresses, for the note on weights a file keeps dense.
 DENSE_WEIGHTS_NOTE = "the weights of Linear, Conv, ConvTranspose and Embedding layers only"
@@ -127,3 +127,13 @@ def size_report(
         return SizeReport.from_parsed(parse(data))
     return SizeReport.from_parsed(parse_file(model_or_path))
 
+
+
+def tensor_bytes(module: nn.Module, attr: str = "weight", *, name: str = "weight", coder: str = "huffman",
+                 index_bits: int | Mapping[str, int] | None = None) -> int:
+    """What one tensor of ``module`` (pruned, shared or dense, as it stands) takes in a .dcz file
+    written with these arguments: its codebook, coded indices, coded position gaps and coder
+    tables, without the container's per-tensor header entry. ``name`` is the tensor's name in
+    the model, which ``index_bits`` rules match against."""
+    record, _ = encode_tensor(name, module, attr, True, coder, index_bits)
+    return sum(record.parts.values())

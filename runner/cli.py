@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dcsweep.compression import CODERS, INITS, CompressedFileError
+from dcsweep.compression import CODERS, INITS, MAX_K, MIN_K, CompressedFileError
 from dcsweep.runner.cycle import ConfigError, DataError, DivergedError
 from dcsweep.runner.sweep import Storage, StorageFull, Sweep, default_storage
 
@@ -36,7 +36,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _compress_args(p: argparse.ArgumentParser) -> None:
+def _compress_args(p: argparse.ArgumentParser, table: bool = False) -> None:
+    """The cycle's settings as flags; ``table``: those a sensitivity table reads (the dense
+    model's, and what prices and shares its rows), with the table's own grid."""
     s = argparse.SUPPRESS  # unset flags keep the config's defaults
     p.add_argument("--model", default=s, help="lenet300, lenet5, vgg19_bn, resnet20, ... (default lenet300)")
     p.add_argument("--dataset", default=s,
@@ -46,33 +48,62 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", dest="image_size", type=int, default=s, help="imagefolder crop size (224)")
     p.add_argument("--val-fraction", dest="val_fraction", type=float, default=s,
                    help="share of the training part held out for validation, which selects (0.1)")
-    p.add_argument("--sparsity", type=float, default=s, help="target fraction of zero weights per layer (0.9)")
-    p.add_argument("--quality", type=float, default=s, help="Han et al.'s rule instead: prune |w| < quality x std")
-    p.add_argument("--layer", dest="layers", action="append", type=_layer_rule, default=s, metavar="NAME=VALUE",
-                   help="per-layer sparsity (or quality) by module name or glob, e.g. fc3=0.75; repeatable")
-    p.add_argument("--prune-steps", dest="prune_steps", type=int, default=s, help="prune->retrain rounds (3)")
-    p.add_argument("--k", type=int, default=s, help="clusters per layer (32)")
-    p.add_argument("--k-conv", dest="k_conv", type=int, default=s, help="clusters per conv layer")
-    p.add_argument("--k-fc", dest="k_fc", type=int, default=s, help="clusters per fully connected layer")
+    if table:
+        p.add_argument("--sparsities", type=_numbers(float), default=None, metavar="S,S,...",
+                       help="sparsities of the table (default 0,0.3,0.5,0.6,0.7,0.8,0.9,0.95,0.98)")
+        p.add_argument("--k", dest="ks", type=_numbers(int), default=None, metavar="K,K,...",
+                       help="codebook sizes of the table (default 4,16,32,64)")
+    else:
+        p.add_argument("--sparsity", type=float, default=s, help="target fraction of zero weights per layer (0.9)")
+        p.add_argument("--quality", type=float, default=s, help="Han et al.'s rule instead: prune |w| < quality x std")
+        p.add_argument("--layer", dest="layers", action="append", type=_layer_rule, default=s, metavar="NAME=VALUE",
+                       help="per-layer sparsity (or quality) by module name or glob, e.g. fc3=0.75; repeatable")
+        p.add_argument("--target-ratio", dest="target_ratio", type=float, default=s, metavar="R",
+                       help="choose each layer's sparsity and k from the sensitivity table for this ratio")
+        p.add_argument("--max-drop", dest="max_drop", type=float, default=s, metavar="PT",
+                       help="... or for the fewest bytes within PT validation-accuracy points of dense")
+        p.add_argument("--prune-steps", dest="prune_steps", type=int, default=s, help="prune->retrain rounds (3)")
+        p.add_argument("--k", type=int, default=s, help="clusters per layer (32)")
+        p.add_argument("--k-conv", dest="k_conv", type=int, default=s, help="clusters per conv layer")
+        p.add_argument("--k-fc", dest="k_fc", type=int, default=s, help="clusters per fully connected layer")
     p.add_argument("--init", default=s, help=f"k-means init: {', '.join(INITS)} (linear)")
     p.add_argument("--coder", default=s, help=f"entropy coder: {', '.join(CODERS)} (huffman)")
     p.add_argument("--index-bits", dest="index_bits", type=int, default=s, help="sparse gap width 1-15 (auto)")
     p.add_argument("--epochs", type=int, default=s, help="dense training epochs")
-    p.add_argument("--prune-epochs", dest="prune_epochs", type=int, default=s, help="retraining epochs per step")
-    p.add_argument("--share-epochs", dest="share_epochs", type=int, default=s, help="centroid fine-tuning epochs")
+    if not table:
+        p.add_argument("--prune-epochs", dest="prune_epochs", type=int, default=s, help="retraining epochs per step")
+        p.add_argument("--share-epochs", dest="share_epochs", type=int, default=s, help="centroid fine-tuning epochs")
     p.add_argument("--optimizer", default=s, help="sgd or adam (adam)")
     p.add_argument("--lr", type=float, default=s, help="dense learning rate")
-    p.add_argument("--prune-lr", dest="prune_lr", type=float, default=s, help="retraining learning rate")
-    p.add_argument("--share-lr", dest="share_lr", type=float, default=s, help="fine-tuning learning rate")
+    if not table:
+        p.add_argument("--prune-lr", dest="prune_lr", type=float, default=s, help="retraining learning rate")
+        p.add_argument("--share-lr", dest="share_lr", type=float, default=s, help="fine-tuning learning rate")
     p.add_argument("--momentum", type=float, default=s)
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=s)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=s)
     p.add_argument("--seed", type=int, default=s)
     p.add_argument("--device", default=s, help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--dense", dest="dense_path", default=s, help="start from this trained dense model (.dcz/.pt)")
-    p.add_argument("-o", "--output", required=True, help="the .dcz file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file and plots")
-    p.add_argument("--plots", help="folder for weight histograms and a bytes-per-layer chart")
+    p.add_argument("--storage", default=None, help="where the dense model and sensitivity tables are kept "
+                   "(default $DCSWEEP_STORAGE or ~/dcsweep-runs)" + ("" if table else "; used with "
+                   "--target-ratio/--max-drop only"))
+    if not table:
+        p.add_argument("-o", "--output", required=True, help="the .dcz file to write")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output file and plots")
+        p.add_argument("--plots", help="folder for weight histograms and a bytes-per-layer chart")
+
+
+def _numbers(kind: type) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"needs comma-separated {kind.__name__}s; got {text!r}") from None
+        if not values or len(values) > 64:
+            raise argparse.ArgumentTypeError(f"needs 1 to 64 values; got {len(values)}")
+        return values
+
+    return parse
 
 
 def _layer_rule(text: str) -> tuple[str, float]:
@@ -90,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("compress", help="one train-prune-share-encode cycle in this process, no Ray")
     _compress_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p = sub.add_parser("sensitivity", help="per-layer validation accuracy and coded bytes at each sparsity "
+                       "and k, no retraining; cached in the storage")
+    _compress_args(p, table=True)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p = sub.add_parser("inspect", help="per-layer table of a .dcz file")
     p.add_argument("file")
@@ -160,7 +195,7 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     from .cycle import load_dataset, run_cycle
     from .cycle.config import check_settings
 
-    keys = {"output", "overwrite", "plots", "json", "command"}
+    keys = {"output", "overwrite", "plots", "json", "command", "storage"}
     settings = {k: v for k, v in vars(args).items() if k not in keys}
     if "layers" in settings:
         settings["layers"] = dict(settings["layers"])
@@ -173,7 +208,46 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     if args.plots and Path(args.plots).is_dir() and any(Path(args.plots).iterdir()) and not args.overwrite:
         raise UsageError(f"plots folder {args.plots} is not empty; pass --overwrite or choose another")
     load_dataset(config.dataset, config.data_root, config.download, config.image_size)  # DataError -> 2
-    return run_cycle(config, output=output, plots=args.plots, progress=not args.json).to_json()
+    stages = None
+    if config.allocates:  # the dense model and its table are kept: the next target is quick
+        from .cycle.run import check_target
+        from .sweep.stages import StageStore
+
+        check_target(config)  # a ratio out of reach: exit 2 before any training
+
+        stages = StageStore(_storage(args), phases=("dense", "sensitivity"))
+    result = run_cycle(config, output=output, plots=args.plots, progress=not args.json, stages=stages)
+    return result.to_json()
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
+    import time
+
+    from .cycle import load_dataset
+    from .cycle.config import check_settings
+    from .cycle.run import cached_table, sensitivity_table
+    from .cycle.sensitivity import KS, SPARSITIES
+    from .sweep.stages import StageStore
+
+    start = time.perf_counter()
+    keys = {"json", "command", "storage", "sparsities", "ks"}
+    config = check_settings({k: v for k, v in vars(args).items() if k not in keys})
+    sparsities, ks = args.sparsities or list(SPARSITIES), args.ks or list(KS)
+    if bad := [v for v in sparsities if not 0.0 <= v < 1.0]:
+        raise UsageError(f"--sparsities={bad} is not allowed; each must be in [0, 1)")
+    if bad := [v for v in ks if not MIN_K <= v <= MAX_K]:
+        raise UsageError(f"--k={bad} is not allowed; each must be an integer in [{MIN_K}, {MAX_K}]")
+    stages = StageStore(_storage(args), phases=("dense", "sensitivity"))
+    sparsities, ks = sorted(set(sparsities)), sorted(set(ks))
+    table = cached_table(config, stages, sparsities, ks)
+    cached = table is not None
+    if table is None:
+        load_dataset(config.dataset, config.data_root, config.download, config.image_size)  # DataError -> 2
+        table, cached = sensitivity_table(config, stages=stages, sparsities=sparsities, ks=ks,
+                                          progress=not args.json)
+    out = table.to_json()
+    return {"layers": out["layers"], "seconds": time.perf_counter() - start, "cached": cached,
+            "table_seconds": table.seconds, **{k: v for k, v in out.items() if k not in ("layers", "seconds")}}
 
 
 def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
@@ -307,7 +381,8 @@ def _existing(file: str) -> Path:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "compress": cmd_compress, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "run": cmd_run,
+    "compress": cmd_compress, "sensitivity": cmd_sensitivity, "inspect": cmd_inspect, "evaluate": cmd_evaluate,
+    "run": cmd_run,
     "resume": cmd_resume, "submit": cmd_submit, "pareto": cmd_pareto, "ui": cmd_ui}
 
 
@@ -320,6 +395,18 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
                        result["compressed_bytes_by_coder"].items())
         print(f"size       dense {result['dense_bytes']:,} B -> {by}; sparsity {result['sparsity']:.4f}")
         print(f"wrote      {result['path']}  (dcsweep inspect {result['path']} for the per-layer table)")
+        if result.get("allocation"):
+            print("allocation " + "  ".join(f"{name} s={v['sparsity']:g} k={v['k']}"
+                                            for name, v in result["allocation"].items()))
+    elif command == "sensitivity":
+        print(f"validation accuracy of the dense model {result['dense_val_accuracy']:.4f}; each layer alone "
+              f"pruned and shared, no retraining ({'cached' if result['cached'] else 'computed'}, "
+              f"{result['seconds']:.1f} s)")
+        for layer in result["layers"]:
+            print(f"{layer['name']}:")
+            for row in layer["rows"]:
+                print(f"  sparsity {row['sparsity']:<5g} k {row['k']:<6} val accuracy {row['val_accuracy']:.4f}  "
+                      f"{row['bytes']:>10,} B")
     elif command == "evaluate":
         print(f"accuracy {result['accuracy']:.4f} on {result['samples']} test samples of {result['dataset']}")
     elif command == "submit":

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from dcsweep.runner.cycle import FINAL, STEPS, ConfigError, CycleResult, Trial
 from dcsweep.runner.cycle.pareto import dominates, mark_front, write_csv, write_png
 from dcsweep.runner.cycle.results import RATIO_METRIC
+from dcsweep.runner.cycle.run import SENSITIVITY_DIR
 
 log = logging.getLogger("dcsweep")
 ROLE, SWEEP, TRIAL = "dcsweep.role", "dcsweep.sweep", "dcsweep.trial_id"
@@ -64,6 +65,7 @@ class SweepTracker:
         self._last_step: dict[str, int] = {}  # run id -> last metric step logged
         self._status: dict[str, str] = {}  # run id -> status as this driver knows it
         self._front: dict[str, tuple[float, int]] | None = None  # run id -> (val accuracy, bytes) on the front
+        self._tables: set[str] = set()  # sensitivity tables logged on the parent by this driver
 
     def _search(self, query: str) -> list[Run]:
         return list(search_all(self.client, self.experiment_id, query))
@@ -131,9 +133,14 @@ class SweepTracker:
         run_id = self._runs[trial_id]
         if self.finished(trial_id):  # logged before a restart: never touched again
             return
+        allocation = dict(result.allocation) if result else {}
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "layers.json"
             layers = [dict(row) for row in result.encoded.layers] if result and result.encoded else []
+            for row in layers:  # an allocated run: what the allocator chose for each layer
+                chosen = allocation.get(str(row["name"]).removesuffix(".weight"))
+                if chosen is not None:
+                    row["allocated"] = dict(chosen)
             table.write_text(json.dumps(layers, indent=1))
             self.client.log_artifact(run_id, str(table))
             for path in files.values():
@@ -141,9 +148,23 @@ class SweepTracker:
                     self.client.log_artifacts(run_id, str(path), path.name)
                 elif path.is_file():
                     self.client.log_artifact(run_id, str(path))
+        if result and allocation:
+            self._log_allocation(run_id, result, files)
         self.client.set_terminated(run_id, "FINISHED")
         self._status[run_id] = "FINISHED"
         self._join_front(run_id, result)  # tags now; the parent's csv/png at the end
+
+    def _log_allocation(self, run_id: str, result: CycleResult, files: Mapping[str, Path]) -> None:
+        """An allocated trial's choice as params, one per layer (``allocation.<layer>``), and the
+        sensitivity table it chose from on the parent, once per table."""
+        params = {f"allocation.{name}": f"sparsity={v['sparsity']:g} k={v['k']}" for name, v in
+                  result.allocation.items()}
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])  # same values on a rerun
+        key = str(result.allocation_predicted.get("table", ""))
+        folder = next((p / SENSITIVITY_DIR for p in files.values() if (p / SENSITIVITY_DIR).is_dir()), None)
+        if key and folder is not None and key not in self._tables:
+            self.client.log_artifacts(self.parent_id, str(folder), f"sensitivity/{key}")
+            self._tables.add(key)
 
     def _join_front(self, run_id: str, result: CycleResult | None) -> None:
         """Tag a newly finished run, and the runs it pushes off the front. The finished runs are

@@ -66,6 +66,7 @@ class CycleConfig(Config):
     k: int = 32
     k_conv: int | None = None
     k_fc: int | None = None
+    k_layers: dict[str, int] = dataclasses.field(default_factory=dict)  # per-layer k by name or pattern
     init: str = "linear"
     # encoding
     coder: str = "huffman"
@@ -84,6 +85,10 @@ class CycleConfig(Config):
     seed: int = 0
     device: str = "auto"
     dense_path: str | None = None  # a trained dense model (.dcz or state-dict .pt) to start from
+    # per-layer allocation: each layer's sparsity and k chosen from the sensitivity table of the
+    # dense model, for a size ratio or for the fewest bytes within a validation-accuracy drop
+    target_ratio: float | None = None
+    max_drop: float | None = None  # validation accuracy points (0.5 = half a point)
 
     def __post_init__(self) -> None:
         if self.model not in list_models():
@@ -106,9 +111,16 @@ class CycleConfig(Config):
             raise ConfigError(f"layers={self.layers!r} is not allowed: {exc}") from None
         self._choice("prune_schedule", PRUNE_SCHEDULES)
         self._check_ladder()
+        self._check_allocation()
         for name in ("k", "k_conv", "k_fc"):
             if name == "k" or getattr(self, name) is not None:
                 self._integer(name, MIN_K, MAX_K)
+        if not isinstance(self.k_layers, dict):
+            self._fail("k_layers", self.k_layers, "a mapping from layer name or pattern to a codebook size")
+        try:
+            _ = self.share_config  # the library validates its own rules and limits
+        except ValueError as exc:
+            raise ConfigError(f"k_layers={self.k_layers!r} is not allowed: {exc}") from None
         if self.index_bits is not None:
             self._integer("index_bits", MIN_INDEX_BITS, MAX_INDEX_BITS)
         self._choice("init", INITS)
@@ -138,6 +150,27 @@ class CycleConfig(Config):
         if self.prune_schedule == "ladder" and self.sparsity is None:
             self._fail("prune_schedule", self.prune_schedule, "'independent' with the quality rule (a ladder "
                        "climbs sparsities)")
+
+    def _check_allocation(self) -> None:
+        if self.target_ratio is None and self.max_drop is None:
+            return
+        if self.target_ratio is not None and self.max_drop is not None:
+            self._fail("max_drop", self.max_drop, "unset when target_ratio is set (allocate for one target)")
+        if self.target_ratio is not None:
+            self._number("target_ratio", 1.0, 1e6, lo_open=True)
+        else:
+            self._number("max_drop", 0.0, 100.0)
+        target = "target_ratio" if self.target_ratio is not None else "max_drop"
+        for name, empty in (("layers", {}), ("k_layers", {}), ("prune_schedule", "independent")):
+            if getattr(self, name) != empty:
+                self._fail(name, getattr(self, name), f"{empty!r} with {target} (the allocation chooses "
+                           f"each layer's sparsity and k)")
+        if self.sparsity is None:
+            self._fail("quality", self.quality, f"unset with {target} (the allocation chooses sparsities)")
+
+    @property
+    def allocates(self) -> bool:
+        return self.target_ratio is not None or self.max_drop is not None
 
     @property
     def rungs(self) -> list[float]:
@@ -173,7 +206,8 @@ class CycleConfig(Config):
 
     @property
     def share_config(self) -> KMeansShare:
-        return KMeansShare(k=self.k, k_conv=self.k_conv, k_fc=self.k_fc, init=self.init, seed=self.seed)
+        return KMeansShare(k=self.k, k_conv=self.k_conv, k_fc=self.k_fc, layers=self.k_layers, init=self.init,
+                           seed=self.seed)
 
     @property
     def prune_learning_rate(self) -> float:
@@ -190,6 +224,10 @@ class CycleConfig(Config):
             self.prune_config.check_layers(model)
         except ValueError as exc:
             raise ConfigError(f"layers={self.layers!r} is not allowed: {exc}") from None
+        try:
+            self.share_config.check_layers(model)
+        except ValueError as exc:
+            raise ConfigError(f"k_layers={self.k_layers!r} is not allowed: {exc}") from None
 
 
 def check_settings(settings: Mapping[str, Any]) -> CycleConfig:
@@ -197,7 +235,7 @@ def check_settings(settings: Mapping[str, Any]) -> CycleConfig:
     value, and the per-layer rules against the model's layers (built on the meta device for the
     shape the data set name implies). Raises ConfigError."""
     cfg = CycleConfig.from_dict(settings)
-    if cfg.layers:
+    if cfg.layers or cfg.k_layers:
         shape, classes = nominal_shape(cfg.dataset, cfg.image_size)
         cfg.check_layers(meta_model(cfg.model, shape, classes))
     return cfg

@@ -96,6 +96,7 @@ def write_png(path: Path, trials: Sequence[Trial], title: str) -> Path:
 
 def label(params: Mapping[str, Any]) -> str:
     """A short trial label from its swept settings: ``s=0.9 k=16``."""
-    short = {"sparsity": "s", "quality": "q", "k": "k", "k_conv": "kc", "k_fc": "kf"}
+    short = {"target_ratio": "r", "max_drop": "drop", "sparsity": "s", "quality": "q", "k": "k", "k_conv": "kc",
+             "k_fc": "kf"}
     parts = [f"{short[k]}={params[k]}" for k in short if params.get(k) not in (None, "None", "")]
     return " ".join(parts)

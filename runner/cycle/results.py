@@ -67,6 +67,10 @@ class CycleResult:
     #: "seconds": what computing the stage took (saved when reused)}
     stages: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     val_accuracy: Mapping[str, float] = field(default_factory=dict)
+    #: layer -> {"sparsity", "k"} chosen by the allocator (``target_ratio``/``max_drop``), and
+    #: what the sensitivity table predicted for it: {"budget_bytes", "bytes", "val_accuracy"}
+    allocation: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    allocation_predicted: Mapping[str, Any] = field(default_factory=dict)
 
     def after(self, phase: str, accuracy: float, val_accuracy: float, seconds: float, size: int | None,
               stage: Mapping[str, Any] | None = None) -> CycleResult:
@@ -118,6 +122,9 @@ class CycleResult:
                                "val_accuracy": dict(self.val_accuracy),
                                "seconds": dict(self.seconds), "bytes_by_phase": dict(self.bytes_by_phase),
                                "stages": {k: dict(v) for k, v in self.stages.items()}}
+        if self.allocation:
+            out["allocation"] = {k: dict(v) for k, v in self.allocation.items()}
+            out["allocation_predicted"] = dict(self.allocation_predicted)
         e = self.encoded
         if e is not None:
             out.update(sparsity=e.sparsity, dense_bytes=e.dense_bytes, compressed_bytes=e.compressed_bytes,
@@ -137,7 +144,9 @@ class CycleResult:
                               tuple(dict(row) for row in data["layers"]))
         return cls(dict(data["config"]), dict(data["accuracy"]), dict(data["seconds"]),
                    dict(data.get("bytes_by_phase", {})), encoded,
-                   {k: dict(v) for k, v in dict(data.get("stages", {})).items()}, dict(data.get("val_accuracy", {})))
+                   {k: dict(v) for k, v in dict(data.get("stages", {})).items()}, dict(data.get("val_accuracy", {})),
+                   {k: dict(v) for k, v in dict(data.get("allocation", {})).items()},
+                   dict(data.get("allocation_predicted", {})))
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,14 @@ Every temporary folder it makes is removed before it returns or raises.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ import torch
 import torch.nn as nn
 
 from dcsweep.compression import (
+    KMeansShare,
     MagnitudePrune,
     SizeReport,
     iterative_prune_,
     load_compressed,
+    prune_,
     save_compressed,
     share_weights_,
     size_report,
@@ -38,15 +41,18 @@ from dcsweep.compression import (
 )
 from dcsweep.compression.layers import compressible_layers, structural_mask, tensor
 
+from .allocation import Allocation, fit_budget
 from .config import ConfigError, CycleConfig
 from .datasets import Data, load_dataset
 from .models import create_model
 from .results import MODEL_FILE, PHASES, STATE_FILE, CycleResult, Encoded
-from .stages import STAGE_FILE, NoStages, StageRecord, Stages, ladder_keys, stage_keys
+from .sensitivity import CSV_FILE, KS, PLOT_FILE, SPARSITIES, TABLE_FILE, Table, measure
+from .stages import STAGE_FILE, NoStages, StageRecord, Stages, ladder_keys, sensitivity_key, stage_keys
 from .train import Schedule, evaluate, fit, pick_device, seed_everything
 
 log = logging.getLogger("dcsweep")
 PLOT_SAMPLES = 1 << 20
+SENSITIVITY_DIR = "sensitivity"  # in ``plots``: the table an allocated run chose from
 RUNG_SEED_STRIDE = 7919  # rung n of a ladder trains with seed + 1000 + stride * (n + 1)
 
 
@@ -76,6 +82,7 @@ class _Cycle:
         self.dense_sha256 = _dense_digest(cfg)  # hashed once: a dense file can be large
         self.keys = stage_keys(cfg, self.dense_sha256)
         self.stages: Stages = NoStages()
+        self.allocated_from: Table | None = None  # the sensitivity table this run allocated from
 
     def scores(self, model: nn.Module | None = None) -> tuple[float, float]:
         """(test accuracy, validation accuracy) of ``model`` (default: the cycle's)."""
@@ -140,13 +147,73 @@ class _Cycle:
         share_weights_(self.model, self.cfg.share_config)
         self.fit("shared", "share", self.cfg.share_epochs, self.cfg.share_learning_rate, gen)
 
+    # -- per-layer allocation -------------------------------------------------------------------
+    def table(self, sparsities: Sequence[float], ks: Sequence[int], dense_ready: bool) -> tuple[Table, bool]:
+        """The sensitivity table of the dense model, and whether it was taken from the stages
+        (computed once per dense model and grid, like any stage). Without ``dense_ready`` the
+        dense stage is taken or computed first, and only when the table is not kept already."""
+        key = sensitivity_key(self.cfg, self.keys["dense"], sparsities, ks)
+        with self.stages.claim("sensitivity", key) as found:
+            if found is not None:
+                return Table.from_json(json.loads((found / TABLE_FILE).read_text())), True
+            if not dense_ready:
+                self.run_stage("dense", self.keys["dense"], seed_everything(self.cfg.seed), self.stages)
+            table = measure(self.model, self.data.validation, self.device, sparsities, ks, coder=self.cfg.coder,
+                            index_bits=self.cfg.index_bits, init=self.cfg.init, seed=self.cfg.seed)
+            log.info("sensitivity table: %d layers x %d rows in %.1fs", len(table.layers),
+                     len(sparsities) * len(ks), table.seconds)
+            with tempfile.TemporaryDirectory(prefix="dcsweep-sensitivity-", dir=self.workdir) as tmp:
+                table.write(Path(tmp))
+                record = StageRecord("sensitivity", key, None, table.dense_val_accuracy, table.seconds,
+                                     (TABLE_FILE, CSV_FILE, PLOT_FILE))
+                self.stages.publish("sensitivity", key, Path(tmp), record)
+            return table, False
+
+    def allocate(self) -> None:
+        """Choose each layer's sparsity and k for the run's target from the dense model's table,
+        priced by the file the choice writes, and run the rest of the cycle with them."""
+        cfg = self.cfg
+        table, _ = self.table(SPARSITIES, KS, dense_ready=True)
+        self.allocated_from = table
+        budget = None if cfg.target_ratio is None else int(table.dense_bytes / cfg.target_ratio)
+        allocation, priced = fit_budget(table, budget_bytes=budget,
+                                        max_drop=None if cfg.max_drop is None else cfg.max_drop / 100,
+                                        price=self.price)
+        log.info("allocation for %s: %s (%d B before retraining, predicted validation accuracy %.4f)",
+                 f"ratio {cfg.target_ratio:g}" if cfg.target_ratio else f"at most {cfg.max_drop:g} points lost",
+                 allocation.to_json(), priced, allocation.predicted_val_accuracy)
+        self.result = dataclasses.replace(self.result, allocation=allocation.to_json(), allocation_predicted={
+            "budget_bytes": budget, "bytes": priced, "val_accuracy": allocation.predicted_val_accuracy,
+            "table": sensitivity_key(cfg, self.keys["dense"], SPARSITIES, KS)})
+        self.apply(allocation.to_json())
+
+    def apply(self, allocation: Mapping[str, Mapping[str, Any]]) -> None:
+        """Per-layer rules from an allocation; the pruned and shared stages are keyed by them, so
+        two targets that allocate alike share their stages."""
+        self.cfg = dataclasses.replace(
+            self.cfg, target_ratio=None, max_drop=None,
+            layers={name: float(v["sparsity"]) for name, v in allocation.items()},
+            k_layers={name: int(v["k"]) for name, v in allocation.items()})
+        self.keys = stage_keys(self.cfg, self.dense_sha256)
+
+    def price(self, allocation: Allocation) -> int:
+        """The .dcz size of the dense model pruned and shared as ``allocation`` says, without
+        retraining: what the table's prices add up to, counted by the file itself."""
+        model = copy.deepcopy(self.model)
+        prune_(model, MagnitudePrune(sparsity=0.0, layers=allocation.sparsity))
+        share_weights_(model, KMeansShare(k=self.cfg.k, layers=allocation.k, init=self.cfg.init, seed=self.cfg.seed))
+        return self.bytes_of(model)
+
     def phase(self, name: str) -> Callable[[torch.Generator], None]:
         return {"dense": self.dense, "pruned": self.pruned, "shared": self.shared}[name]
 
     # -- files --------------------------------------------------------------------------------
     def bytes_now(self) -> int:
         """The .dcz's size if the cycle stopped here (in the run's own coder and widths)."""
-        return size_report(self.model, coder=self.cfg.coder, index_bits=self.cfg.index_bits).total_bytes
+        return self.bytes_of(self.model)
+
+    def bytes_of(self, model: nn.Module) -> int:
+        return size_report(model, coder=self.cfg.coder, index_bits=self.cfg.index_bits).total_bytes
 
     def run_stage(self, phase: str, key: str, gen: torch.Generator, stages: Stages) -> None:
         """The phase, or the stage another trial (or sweep) computed with the same key; a stage
@@ -157,6 +224,8 @@ class _Cycle:
         with (NoStages() if from_file else stages).claim(phase, key) as found:
             if found is not None:
                 record = StageRecord.from_json(json.loads((found / STAGE_FILE).read_text()))
+                if record.accuracy is None:
+                    raise ValueError(f"stage {phase}/{key} holds no model's accuracy: not a {phase} stage")
                 load_compressed(found / MODEL_FILE, self.model)  # bit-exact: the very weights computed
                 log.info("%s: stage %s reused (accuracy %.4f, %.1fs saved)", phase, key, record.accuracy,
                          record.seconds)
@@ -246,10 +315,14 @@ def run_cycle(
     if resume_from is not None:
         done, cycle.result = _restore(Path(resume_from), cfg, cycle.model)
         log.info("resuming after phase %r", PHASES[done])
+    if cfg.allocates and cycle.result.allocation:  # resumed after the allocation was made
+        cycle.apply(cycle.result.allocation)
     snapshots: dict[str, dict[str, torch.Tensor]] = {}
     for index, phase in enumerate(PHASES):
         if index <= done:
             continue
+        if phase == "pruned" and cfg.allocates:
+            cycle.allocate()
         generator = seed_everything(cfg.seed + 1000 * index)
         if plots is not None:
             snapshots[phase] = _weights(cycle.model)
@@ -262,8 +335,51 @@ def run_cycle(
 
         start = time.perf_counter()
         write_plots(Path(plots), snapshots, report)
+        if cycle.allocated_from is not None:
+            (Path(plots) / SENSITIVITY_DIR).mkdir(exist_ok=True)
+            cycle.allocated_from.write(Path(plots) / SENSITIVITY_DIR)
         cycle.result = cycle.result.with_seconds(plots=time.perf_counter() - start)
     return cycle.result
+
+
+def sensitivity_table(config: Mapping[str, Any] | CycleConfig, *, stages: Stages | None = None,
+                      sparsities: Sequence[float] = SPARSITIES, ks: Sequence[int] = KS, progress: bool = False,
+                      workdir: str | Path | None = None) -> tuple[Table, bool]:
+    """``dcsweep sensitivity``: the table of the dense model the settings describe (the dense
+    stage a sweep with them shares, or ``dense_path``), and whether ``stages`` kept it already."""
+    cfg = config if isinstance(config, CycleConfig) else CycleConfig.from_dict(config)
+    kept = cached_table(cfg, stages or NoStages(), sparsities, ks)
+    if kept is not None:
+        return kept, True
+    cycle = _Cycle(cfg, CycleCallbacks(), progress, Path(workdir) if workdir is not None else None)
+    cycle.stages = stages or NoStages()
+    return cycle.table(sparsities, ks, dense_ready=False)
+
+
+def check_target(cfg: CycleConfig, sparsities: Sequence[float] = SPARSITIES, ks: Sequence[int] = KS) -> None:
+    """Refuse, before any training, a ``target_ratio`` that no allocation from the table's grid
+    can reach: every layer at the grid's highest sparsity and smallest k, priced on the model's
+    initial weights (trained weights code within a few percent of that, so only a target over
+    1.1x of it is refused here; the allocator checks the exact table later)."""
+    if cfg.target_ratio is None:
+        return
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size, cfg.val_fraction)
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, data.input_shape, data.num_classes)
+    prune_(model, MagnitudePrune(sparsity=max(sparsities)))
+    share_weights_(model, KMeansShare(k=min(ks), init=cfg.init, seed=cfg.seed))
+    report = size_report(model, coder=cfg.coder, index_bits=cfg.index_bits)
+    if cfg.target_ratio > 1.1 * report.ratio:
+        raise ConfigError(f"target_ratio={cfg.target_ratio:g} is not reachable for {cfg.model}: every layer at "
+                          f"sparsity {max(sparsities):g} and k={min(ks)} gives about {report.ratio:.0f}x; "
+                          f"allowed: a ratio up to about {report.ratio:.0f}")
+
+
+def cached_table(cfg: CycleConfig, stages: Stages, sparsities: Sequence[float], ks: Sequence[int]) -> Table | None:
+    """The table ``stages`` keep for these settings, found without loading data or models."""
+    key = sensitivity_key(cfg, stage_keys(cfg, _dense_digest(cfg))["dense"], sparsities, ks)
+    with stages.claim("sensitivity", key) as found:
+        return None if found is None else Table.from_json(json.loads((found / TABLE_FILE).read_text()))
 
 
 def train_baseline(config: Mapping[str, Any] | CycleConfig, output: str | Path, progress: bool = False) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .config import CycleConfig
-from .results import PHASES
+from .results import MODEL_FILE, PHASES
 
 #: Bumped when what a stage holds, or how a phase computes it, changes within one release.
 STAGE_FORMAT = 2  # 2: trained without the validation split, and its accuracy recorded
@@ -38,7 +38,8 @@ CONSUMES: dict[str, tuple[str, ...]] = {
     "dense": (*_DATA, *_TRAINING, "epochs", "lr"),
     "pruned": (*_DATA, *_TRAINING, "sparsity", "quality", "prune_steps", "layers", "prune_epochs",
                "prune_learning_rate", "prune_schedule"),
-    "shared": (*_DATA, *_TRAINING, "k", "k_conv", "k_fc", "init", "share_epochs", "share_learning_rate"),
+    "shared": (*_DATA, *_TRAINING, "k", "k_conv", "k_fc", "k_layers", "init", "share_epochs",
+               "share_learning_rate"),
 }
 
 
@@ -86,6 +87,14 @@ def ladder_keys(cfg: CycleConfig, dense_key: str) -> list[tuple[float, str]]:
     return rungs
 
 
+def sensitivity_key(cfg: CycleConfig, dense_key: str, sparsities: Any, ks: Any) -> str:
+    """The key of the sensitivity table of the dense stage ``dense_key``: its grid and what
+    prices and shares its rows."""
+    return _hash({"phase": "sensitivity", "parent": dense_key, "settings": {
+        "sparsities": [float(s) for s in sparsities], "ks": [int(k) for k in ks], "coder": cfg.coder,
+        "index_bits": cfg.index_bits, "init": cfg.init, "seed": cfg.seed, "device": cfg.device}})
+
+
 def _hash(record: dict[str, Any]) -> str:
     record = {**record, "version": dcsweep_version(), "format": STAGE_FORMAT}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
@@ -97,18 +106,20 @@ class StageRecord:
 
     phase: str
     key: str
-    accuracy: float  # test
+    accuracy: float | None  # test (None for a stage that is not a model: the sensitivity table)
     val_accuracy: float
     seconds: float  # what computing it took: what each reuse saves
+    files: tuple[str, ...] = (MODEL_FILE,)  # what the stage's folder holds besides this record
 
     def to_json(self) -> dict[str, Any]:
         return {"phase": self.phase, "key": self.key, "accuracy": self.accuracy, "val_accuracy": self.val_accuracy,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "files": list(self.files)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StageRecord:
-        return cls(str(data["phase"]), str(data["key"]), float(data["accuracy"]), float(data["val_accuracy"]),
-                   float(data["seconds"]))
+        accuracy = data["accuracy"]
+        return cls(str(data["phase"]), str(data["key"]), None if accuracy is None else float(accuracy),
+                   float(data["val_accuracy"]), float(data["seconds"]), tuple(str(f) for f in data["files"]))
 
 
 class Stages(Protocol):
@@ -121,7 +132,7 @@ class Stages(Protocol):
         ...
 
     def publish(self, phase: str, key: str, folder: Path, record: StageRecord) -> None:
-        """Keep the stage in ``folder`` (the model file) under ``key``, whole or not at all."""
+        """Keep the stage in ``folder`` (``record.files``) under ``key``, whole or not at all."""
         ...
 
 

@@ -2,8 +2,9 @@
 ask for them.
 
 A stage lives in ``stages/<phase>/<key>/`` of the storage (outside Tune's per-trial folders,
-so no trial's ``num_to_keep`` ever deletes it): ``model.dcz``, then
-``stage.json``, written last, which marks it done. A process that finds no stage takes a lease
+so no trial's ``num_to_keep`` ever deletes it): its files (``model.dcz``;
+the sensitivity table's ``sensitivity.json``, ``.csv`` and ``.png``), then ``stage.json``, written
+last, which names them and marks the stage done. A process that finds no stage takes a lease
 on it (``leases/`` in the same folder, as one driver holds a sweep: works on a shared filesystem
 and on an object store), computes it and publishes it; the others wait for ``stage.json`` to
 appear. A holder that dies leaves a lease that is provably gone (its pid, on its own host; no
@@ -27,7 +28,6 @@ import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
-from dcsweep.runner.cycle.results import MODEL_FILE
 from dcsweep.runner.cycle.stages import STAGE_FILE, StageRecord
 
 from .lease import Lease
@@ -90,7 +90,8 @@ class StageStore:
         if not self.shares(phase):
             return
         where = self.folder(phase, key)
-        self.storage.write_bytes((folder / MODEL_FILE).read_bytes(), *where, MODEL_FILE)
+        for name in record.files:
+            self.storage.write_bytes((folder / name).read_bytes(), *where, name)
         self.storage.write_text(json.dumps(record.to_json(), indent=1), *where, STAGE_FILE)
 
     @contextlib.contextmanager
@@ -103,7 +104,11 @@ class StageStore:
             return
         tmp = Path(tempfile.mkdtemp(prefix="dcsweep-stage-"))
         try:
-            for name in (MODEL_FILE, STAGE_FILE):
+            record = self.storage.read_bytes(*where, STAGE_FILE)
+            (tmp / STAGE_FILE).write_bytes(record)
+            for name in StageRecord.from_json(json.loads(record)).files:
+                if Path(name).name != name or name == STAGE_FILE:  # a record names files beside it only
+                    raise ValueError(f"stage {phase}/{key} names file {name[:100]!r}; a stage holds plain names")
                 (tmp / name).write_bytes(self.storage.read_bytes(*where, name))
             yield tmp
         finally:

@@ -10,8 +10,8 @@ import yaml
 from dcsweep.runner.cycle.config import check_settings
 from dcsweep.search_spaces import SpaceError, list_spaces, load_space
 
-BUILT_IN = ["alexnet-imagenet", "lenet300-digits", "lenet300-mnist5k", "lenet5-mnist5k", "vgg16-imagenet",
-            "vgg19bn-cifar10"]
+BUILT_IN = ["alexnet-imagenet", "lenet300-digits", "lenet300-mnist5k", "lenet300-mnist5k-allocated", "lenet5-mnist5k",
+            "lenet5-mnist5k-allocated", "vgg16-imagenet", "vgg19bn-cifar10", "vgg19bn-cifar10-allocated"]
 
 
 def test_the_built_in_spaces_are_listed() -> None:
@@ -24,6 +24,14 @@ def test_built_in_space_validates(name: str) -> None:
     assert space.name == name and space.swept and space.fixed["model"]
     assert space.grid_size >= 4  # a real sweep, not one trial
     assert load_space(name).to_dict() == space.to_dict()
+
+
+@pytest.mark.parametrize("name", [n for n in BUILT_IN if n.endswith("-allocated")])
+def test_an_allocated_space_sweeps_targets_over_its_plain_spaces_settings(name: str) -> None:
+    space, plain = load_space(name, check_settings), load_space(name.removesuffix("-allocated"), check_settings)
+    assert [d.name for d in space.swept] == ["target_ratio"] and len(space.swept[0].values) >= 4
+    same = ("model", "dataset", "epochs", "prune_steps", "prune_epochs", "share_epochs", "seed")
+    assert {k: space.fixed.get(k) for k in same} == {k: plain.fixed.get(k) for k in same}
 
 
 def test_the_seeds_experiment_sweeps_its_k_values() -> None:
