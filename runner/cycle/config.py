@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch.nn as nn
@@ -89,6 +90,9 @@ class CycleConfig(Config):
     # dense model, for a size ratio or for the fewest bytes within a validation-accuracy drop
     target_ratio: float | None = None
     max_drop: float | None = None  # validation accuracy points (0.5 = half a point)
+    # the sensitivity table's grid that an allocation chooses from (None: the table's defaults)
+    table_sparsities: list[float] | None = None
+    table_ks: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.model not in list_models():
@@ -112,21 +116,22 @@ class CycleConfig(Config):
         self._choice("prune_schedule", PRUNE_SCHEDULES)
         self._check_ladder()
         self._check_allocation()
+        self._check_grid()
         for name in ("k", "k_conv", "k_fc"):
             if name == "k" or getattr(self, name) is not None:
                 self._integer(name, MIN_K, MAX_K)
-        if not isinstance(self.k_layers, dict):
-            self._fail("k_layers", self.k_layers, "a mapping from layer name or pattern to a codebook size")
-        try:
-            _ = self.share_config  # the library validates its own rules and limits
-        except ValueError as exc:
-            raise ConfigError(f"k_layers={self.k_layers!r} is not allowed: {exc}") from None
         if self.index_bits is not None:
             self._integer("index_bits", MIN_INDEX_BITS, MAX_INDEX_BITS)
         self._choice("init", INITS)
         self._choice("coder", CODERS)
         self._choice("optimizer", OPTIMIZERS)
         self._choice("device", DEVICES)
+        if not isinstance(self.k_layers, dict):
+            self._fail("k_layers", self.k_layers, "a mapping from layer name or pattern to a codebook size")
+        try:
+            _ = self.share_config  # the library validates its own rules and limits
+        except ValueError as exc:
+            raise ConfigError(f"k_layers={self.k_layers!r} is not allowed: {exc}") from None
         for name, lo in (("epochs", 0), ("prune_epochs", 0), ("share_epochs", 0), ("prune_steps", 1),
                          ("batch_size", 1), ("image_size", 8)):
             self._integer(name, lo, 1 << 20)
@@ -167,6 +172,15 @@ class CycleConfig(Config):
                            f"each layer's sparsity and k)")
         if self.sparsity is None:
             self._fail("quality", self.quality, f"unset with {target} (the allocation chooses sparsities)")
+
+    def _check_grid(self) -> None:
+        sparsities, ks = self.table_sparsities, self.table_ks
+        if sparsities is not None and not (isinstance(sparsities, list) and 0 < len(sparsities) <= 64 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0 for v in sparsities)):
+            self._fail("table_sparsities", sparsities, "a list of 1 to 64 sparsities in [0, 1)")
+        if ks is not None and not (isinstance(ks, list) and 0 < len(ks) <= 64 and all(
+                isinstance(v, int) and not isinstance(v, bool) and MIN_K <= v <= MAX_K for v in ks)):
+            self._fail("table_ks", ks, f"a list of 1 to 64 integers in [{MIN_K}, {MAX_K}]")
 
     @property
     def allocates(self) -> bool:
@@ -235,6 +249,9 @@ def check_settings(settings: Mapping[str, Any]) -> CycleConfig:
     value, and the per-layer rules against the model's layers (built on the meta device for the
     shape the data set name implies). Raises ConfigError."""
     cfg = CycleConfig.from_dict(settings)
+    if cfg.dense_path is not None and not Path(cfg.dense_path).expanduser().is_file():
+        raise ConfigError(f"dense_path={cfg.dense_path!r} does not exist or is not a file; give a trained dense "
+                          f"model (.dcz or state-dict .pt)")
     if cfg.layers or cfg.k_layers:
         shape, classes = nominal_shape(cfg.dataset, cfg.image_size)
         cfg.check_layers(meta_model(cfg.model, shape, classes))

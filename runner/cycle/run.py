@@ -173,7 +173,8 @@ class _Cycle:
         """Choose each layer's sparsity and k for the run's target from the dense model's table,
         priced by the file the choice writes, and run the rest of the cycle with them."""
         cfg = self.cfg
-        table, _ = self.table(SPARSITIES, KS, dense_ready=True)
+        grid = _grid(cfg)
+        table, _ = self.table(*grid, dense_ready=True)
         self.allocated_from = table
         budget = None if cfg.target_ratio is None else int(table.dense_bytes / cfg.target_ratio)
         allocation, priced = fit_budget(table, budget_bytes=budget,
@@ -184,7 +185,7 @@ class _Cycle:
                  allocation.to_json(), priced, allocation.predicted_val_accuracy)
         self.result = dataclasses.replace(self.result, allocation=allocation.to_json(), allocation_predicted={
             "budget_bytes": budget, "bytes": priced, "val_accuracy": allocation.predicted_val_accuracy,
-            "table": sensitivity_key(cfg, self.keys["dense"], SPARSITIES, KS)})
+            "table": sensitivity_key(cfg, self.keys["dense"], *grid)})
         self.apply(allocation.to_json())
 
     def apply(self, allocation: Mapping[str, Mapping[str, Any]]) -> None:
@@ -356,13 +357,20 @@ def sensitivity_table(config: Mapping[str, Any] | CycleConfig, *, stages: Stages
     return cycle.table(sparsities, ks, dense_ready=False)
 
 
-def check_target(cfg: CycleConfig, sparsities: Sequence[float] = SPARSITIES, ks: Sequence[int] = KS) -> None:
+def _grid(cfg: CycleConfig) -> tuple[list[float], list[int]]:
+    """The sensitivity table's grid a run allocates from: its own, or the defaults."""
+    return (sorted({float(v) for v in cfg.table_sparsities or SPARSITIES}),
+            sorted({int(v) for v in cfg.table_ks or KS}))
+
+
+def check_target(cfg: CycleConfig) -> None:
     """Refuse, before any training, a ``target_ratio`` that no allocation from the table's grid
     can reach: every layer at the grid's highest sparsity and smallest k, priced on the model's
     initial weights (trained weights code within a few percent of that, so only a target over
     1.1x of it is refused here; the allocator checks the exact table later)."""
     if cfg.target_ratio is None:
         return
+    sparsities, ks = _grid(cfg)
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size, cfg.val_fraction)
     seed_everything(cfg.seed)
     model = create_model(cfg.model, data.input_shape, data.num_classes)

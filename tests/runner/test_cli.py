@@ -33,7 +33,8 @@ def compressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_compress_json_shape(capsys, tmp_path: Path) -> None:
     code, out, _ = run(capsys, "compress", *FAST, "--k", "16", "-o", str(tmp_path / "m.dcz"), "--json")
     assert code == 0
-    assert set(out["accuracy"]) == {"dense", "pruned", "shared", "decoded"}
+    assert set(out["accuracy"]) == set(out["val_accuracy"]) == {"dense", "pruned", "shared", "decoded"}
+    assert "allocation" not in out
     assert {"sparsity", "dense_bytes", "compressed_bytes", "ratio", "layers"} <= set(out)
     assert out["compressed_bytes"] == (tmp_path / "m.dcz").stat().st_size
     assert all(0 <= a <= 1 for a in out["accuracy"].values())
@@ -56,7 +57,8 @@ def test_inspect_and_evaluate(capsys, compressed) -> None:
 def test_human_output(capsys, tmp_path: Path) -> None:
     assert main(["compress", *FAST, "-o", str(tmp_path / "h.dcz")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("accuracy   dense ") and "huffman" in out and "ans" in out
+    assert out.startswith("test accuracy        dense ") and "validation accuracy  dense " in out
+    assert "huffman" in out and "ans" in out
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -86,6 +88,23 @@ def test_human_output(capsys, tmp_path: Path) -> None:
     (["compress", "--model", "lenet5", "--layer", "features.*=0.5", "--layer", "conv1=0.5", "-o", "{tmp}/x.dcz"],
      r"\['conv1'\] match no layer of the model; its layers are \['features.0', 'features.2', 'fc1', 'fc2'\]"),
     (["run", "{tmp}/layers.yaml", "--storage", "{tmp}/s"], r"fixed: layers=\{'fc9': 0.5\} is not allowed"),
+    # allocation targets: out of reach, clashing with per-layer rules, malformed; table grids
+    (["compress", "--model", "lenet5", "--dataset", "mnist5k", "--target-ratio", "500", "--storage", "{tmp}/s",
+      "-o", "{tmp}/x.dcz"], r"target_ratio=500 is not reachable for lenet5: .* allowed: a ratio up to about \d+"),
+    (["compress", "--target-ratio", "40", "--layer", "fc1=0.5", "--storage", "{tmp}/s", "-o", "{tmp}/x.dcz"],
+     r"layers=\{'fc1': 0.5\} is not allowed; layers must be \{\} with target_ratio"),
+    (["compress", "--target-ratio", "40", "--max-drop", "1", "--storage", "{tmp}/s", "-o", "{tmp}/x.dcz"],
+     r"max_drop=1.0 is not allowed; max_drop must be unset when target_ratio is set"),
+    (["compress", "--max-drop", "-1", "--storage", "{tmp}/s", "-o", "{tmp}/x.dcz"],
+     r"max_drop=-1.0 is not allowed; max_drop must be a number in \[0, 100\]"),
+    (["compress", "--target-ratio", "0.5", "--storage", "{tmp}/s", "-o", "{tmp}/x.dcz"],
+     r"target_ratio=0.5 is not allowed; target_ratio must be a number in \(1, 1e\+06\]"),
+    (["compress", "--dense", "{tmp}/missing.dcz", "-o", "{tmp}/x.dcz"], r"dense_path='{tmp}/missing.dcz' does not"),
+    (["sensitivity", "--k", "4,70000", "--storage", "{tmp}/s"], r"--k=\[70000\] is not allowed; each must be an "
+     r"integer in \[2, 65536\]"),
+    (["sensitivity", "--sparsities", "0.5,1.2", "--storage", "{tmp}/s"], r"--sparsities=\[1.2\] is not allowed"),
+    (["sensitivity", "--k", "4,x", "--storage", "{tmp}/s"], r"argument --k: needs comma-separated ints; got '4,x'"),
+    (["sensitivity", "--model", "lenet9", "--storage", "{tmp}/s"], r"model='lenet9' is not allowed"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str], message: str) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -186,3 +205,30 @@ def test_inspect_escapes_control_characters_in_names(capsys, tmp_path: Path) -> 
     assert main(["inspect", str(tmp_path / "e.dcz")]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "x\\x1b]0;owned\\x07\\x1b[2J.weight" in out
+
+
+def test_compress_to_a_target_ratio_allocates_and_keeps_the_table(capsys, tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    code, out, _ = run(capsys, "compress", *FAST, "--target-ratio", "20", "--storage", store,
+                       "-o", str(tmp_path / "a.dcz"), "--json")
+    assert code == 0 and set(out["allocation"]) == {"fc1", "fc2", "fc3"}
+    assert all(set(v) == {"sparsity", "k"} for v in out["allocation"].values())
+    assert out["allocation_predicted"]["bytes"] <= out["allocation_predicted"]["budget_bytes"]
+    kept = {r["name"].removesuffix(".weight"): r for r in out["layers"]}
+    for name, chosen in out["allocation"].items():  # the file holds what was allocated
+        assert kept[name]["k"] == chosen["k"]
+        numel = _numel(kept[name]["shape"])
+        assert kept[name]["nonzero"] == numel - round(chosen["sparsity"] * numel)
+    code, table, _ = run(capsys, "sensitivity", "--epochs", "10", "--storage", store, "--json")
+    assert code == 0 and table["cached"] and [layer["name"] for layer in table["layers"]] == ["fc1", "fc2", "fc3"]
+    assert {"sparsity", "k", "val_accuracy", "bytes"} <= set(table["layers"][0]["rows"][0])
+    code, again, _ = run(capsys, "compress", *FAST, "--max-drop", "1", "--storage", store,
+                         "-o", str(tmp_path / "b.dcz"), "--json")
+    assert code == 0 and again["allocation"] and again["compressed_bytes"] < out["dense_bytes"]
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -64,16 +64,52 @@ def test_every_trial_lands_in_mlflow(swept) -> None:
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"pareto.csv", "pareto.png"}
 
 
-def test_pareto_tags_match_an_independent_front(swept) -> None:
+def test_pareto_tags_match_an_independent_front_on_validation_accuracy(swept) -> None:
     result, _, _ = swept
     client = MlflowClient(result["tracking_uri"])
     exp = client.get_experiment_by_name("tiny-1")
     children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("dcsweep.role") == "child"]
-    points = [(r.data.metrics["accuracy"], r.data.metrics["compressed_bytes"]) for r in children]
+    points = [(r.data.metrics["val_accuracy"], r.data.metrics["compressed_bytes"]) for r in children]
     for run, (acc, size) in zip(children, points, strict=True):
         dominated = any(a >= acc and s <= size and (a > acc or s < size) for a, s in points)
         assert run.data.tags["pareto_optimal"] == ("false" if dominated else "true")
     assert pareto_mask([0.9, 0.8, 0.9], [10, 5, 12]) == [True, True, False]
+
+
+ALLOCATED = """
+name: tiny-allocated
+fixed: {model: lenet300, dataset: digits, epochs: 3, prune_steps: 1, prune_epochs: 2, share_epochs: 1}
+swept:
+  target_ratio: {grid: [10, 20]}
+search: {algorithm: grid, max_concurrent: 2}
+resources: {cpu: 1}
+"""
+
+
+def test_an_allocated_sweep_logs_each_trials_choice_and_its_table_once(ray_local, tmp_path: Path) -> None:
+    (tmp_path / "allocated.yaml").write_text(ALLOCATED)
+    store = tmp_path / "store"
+    sweep = new_sweep(space_as_run(tmp_path / "allocated.yaml"), "alloc-1", Storage(store), None, False, None)
+    result = run_sweep(sweep)
+    assert not result["errors"] and len(result["trials"]) == 2
+    client = MlflowClient(result["tracking_uri"])
+    exp = client.get_experiment_by_name("alloc-1")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("dcsweep.role") == "parent")
+    children = [r for r in runs if r.data.tags.get("dcsweep.role") == "child"]
+    tables = list((store / "stages" / "sensitivity").iterdir())
+    assert len(tables) == 1  # computed once, by one trial, for both targets
+    for run in children:
+        chosen = {k: v for k, v in run.data.params.items() if k.startswith("allocation.")}
+        assert set(chosen) == {"allocation.fc1", "allocation.fc2", "allocation.fc3"}
+        assert all(v.startswith("sparsity=") and " k=" in v for v in chosen.values())
+        assert run.data.metrics["compression_ratio"] >= float(run.data.params["target_ratio"]) * 0.97
+        layers = json.loads(Path(client.download_artifacts(run.info.run_id, "layers.json", str(tmp_path))).read_text())
+        assert {row["name"]: row["allocated"]["k"] for row in layers if "allocated" in row} == {
+            name.removeprefix("allocation."): int(v.split("k=")[1]) for name, v in chosen.items()}
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, f"sensitivity/{tables[0].name}")}
+    assert {f"sensitivity/{tables[0].name}/{f}" for f in ("sensitivity.json", "sensitivity.csv", "sensitivity.png")
+            } == logged
 
 
 def test_artifacts_are_real_files(swept, tmp_path: Path) -> None:

@@ -48,8 +48,10 @@ def test_the_learning_rate_is_keyed_as_used() -> None:
 def test_every_cycle_setting_is_consumed_by_some_phase_or_changes_no_weight() -> None:
     consumed = {name for names in CONSUMES.values() for name in names}
     unconsumed = set(CycleConfig().to_dict()) - consumed
-    # prune_lr/share_lr are keyed as the rates used; a ladder's rungs through the chain of keys
-    assert unconsumed == {"download", "coder", "index_bits", "dense_path", "prune_lr", "share_lr", "ladder"}
+    # prune_lr/share_lr are keyed as the rates used; a ladder's rungs through the chain of keys;
+    # an allocation's target and grid through the per-layer rules it becomes (layers, k_layers)
+    assert unconsumed == {"download", "coder", "index_bits", "dense_path", "prune_lr", "share_lr", "ladder",
+                          "target_ratio", "max_drop", "table_sparsities", "table_ks"}
 
 
 def test_a_dense_file_is_keyed_by_its_content() -> None:
