@@ -8,8 +8,9 @@ model computed once, as a sweep shares them):
 - ``uniform``: one sparsity and one k for every layer, over a grid (what a sweep of
   lenet5-mnist5k / lenet300-mnist5k without per-layer settings does);
 - ``allocated``: each target ratio of the *-allocated space, each layer's sparsity and k chosen
-  from the dense model's sensitivity table (validation accuracy, coded bytes) by the knapsack
-  allocator, then pruned with retraining, shared and encoded with the same epochs.
+  from the dense model's sensitivity table (validation accuracy, coded bytes; the spaces retrain
+  each pruned layer's model one epoch before measuring it) by the knapsack allocator, then
+  pruned with retraining, shared and encoded with the same epochs.
 
 Every setting besides those (data, epochs, learning rates, seed) is the *-allocated space's. It
 prints both fronts (marked on validation accuracy, reported with test accuracy), and checks the
@@ -75,8 +76,9 @@ def best_ratio(trials: list[dict[str, Any]], dense: float) -> float:
 
 def cached_cli_seconds(fixed: dict[str, Any], storage: Path) -> float:
     """Wall time of `dcsweep sensitivity` finding the table kept by this run."""
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in fixed.items()
-             if k in ("model", "dataset", "epochs", "optimizer", "lr", "seed", "batch_size")]
+    names = {"table_retrain_epochs": "retrain-epochs"}
+    flags = [f"--{names.get(k, k.replace('_', '-'))}={v}" for k, v in fixed.items()
+             if k in ("model", "dataset", "epochs", "optimizer", "lr", "seed", "batch_size", "table_retrain_epochs")]
     command = [str(Path(sys.executable).parent / "dcsweep"), "sensitivity", *flags, "--storage", str(storage),
                "--json"]
     start = time.perf_counter()

@@ -53,6 +53,9 @@ def _compress_args(p: argparse.ArgumentParser, table: bool = False) -> None:
                        help="sparsities of the table (default 0,0.3,0.5,0.6,0.7,0.8,0.9,0.95,0.98)")
         p.add_argument("--k", dest="ks", type=_numbers(int), default=None, metavar="K,K,...",
                        help="codebook sizes of the table (default 4,16,32,64)")
+        p.add_argument("--retrain-epochs", dest="table_retrain_epochs", type=int, default=s,
+                       help="retrain each pruned layer's model this long before measuring (0: none, the paper's)")
+        p.add_argument("--prune-lr", dest="prune_lr", type=float, default=s, help="that retraining's learning rate")
     else:
         p.add_argument("--sparsity", type=float, default=s, help="target fraction of zero weights per layer (0.9)")
         p.add_argument("--quality", type=float, default=s, help="Han et al.'s rule instead: prune |w| < quality x std")

@@ -93,6 +93,10 @@ class CycleConfig(Config):
     # the sensitivity table's grid that an allocation chooses from (None: the table's defaults)
     table_sparsities: list[float] | None = None
     table_ks: list[int] | None = None
+    # epochs of retraining after pruning each layer alone in the table (0: the paper's analysis,
+    # no retraining; more prices what the cycle's retraining recovers, at layers x sparsities
+    # short trainings)
+    table_retrain_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.model not in list_models():
@@ -132,7 +136,8 @@ class CycleConfig(Config):
             _ = self.share_config  # the library validates its own rules and limits
         except ValueError as exc:
             raise ConfigError(f"k_layers={self.k_layers!r} is not allowed: {exc}") from None
-        for name, lo in (("epochs", 0), ("prune_epochs", 0), ("share_epochs", 0), ("prune_steps", 1),
+        for name, lo in (("epochs", 0), ("prune_epochs", 0), ("share_epochs", 0), ("table_retrain_epochs", 0),
+                         ("prune_steps", 1),
                          ("batch_size", 1), ("image_size", 8)):
             self._integer(name, lo, 1 << 20)
         self._integer("seed", 0, 2**32 - 1)

@@ -159,7 +159,8 @@ class _Cycle:
             if not dense_ready:
                 self.run_stage("dense", self.keys["dense"], seed_everything(self.cfg.seed), self.stages)
             table = measure(self.model, self.data.validation, self.device, sparsities, ks, coder=self.cfg.coder,
-                            index_bits=self.cfg.index_bits, init=self.cfg.init, seed=self.cfg.seed)
+                            index_bits=self.cfg.index_bits, init=self.cfg.init, seed=self.cfg.seed,
+                            retrain=self.retrain_for_table if self.cfg.table_retrain_epochs else None)
             log.info("sensitivity table: %d layers x %d rows in %.1fs", len(table.layers),
                      len(sparsities) * len(ks), table.seconds)
             with tempfile.TemporaryDirectory(prefix="dcsweep-sensitivity-", dir=self.workdir) as tmp:
@@ -168,6 +169,14 @@ class _Cycle:
                                      (TABLE_FILE, CSV_FILE, PLOT_FILE))
                 self.stages.publish("sensitivity", key, Path(tmp), record)
             return table, False
+
+    def retrain_for_table(self, model: nn.Module, number: int) -> None:
+        """The table's short retraining of one pruned layer's model, as the cycle retrains."""
+        cfg = self.cfg
+        schedule = Schedule(cfg.table_retrain_epochs, cfg.prune_learning_rate, cfg.optimizer, cfg.momentum,
+                            cfg.weight_decay, cfg.batch_size)
+        fit(model, self.data.train, schedule, self.device, seed_everything(cfg.seed + 5000 + number),
+            f"sensitivity {number + 1}", self.progress)
 
     def allocate(self) -> None:
         """Choose each layer's sparsity and k for the run's target from the dense model's table,

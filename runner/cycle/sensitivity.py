@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 
 from dcsweep.compression import KMeansShare, MagnitudePrune, prune_, share_weights_, size_report, tensor_bytes
-from dcsweep.compression.layers import compressible_layers, tensor
+from dcsweep.compression.layers import compressible_layers, strip_parametrization_, tensor
 
 from .datasets import Folder, InMemory
 
@@ -115,30 +116,53 @@ class Table:
 
 def measure(model: nn.Module, val: InMemory | Folder, device: torch.device, sparsities: Sequence[float] = SPARSITIES,
             ks: Sequence[int] = KS, *, coder: str = "huffman", index_bits: int | None = None,
-            init: str = "linear", seed: int = 0) -> Table:
-    """The table for a dense ``model`` (left unchanged) on the validation split ``val``."""
+            init: str = "linear", seed: int = 0, retrain: Callable[[nn.Module, int], None] | None = None) -> Table:
+    """The table for a dense ``model`` (left unchanged) on the validation split ``val``.
+
+    ``retrain``: None for the paper's analysis (no retraining). Given, each (layer, sparsity)
+    prunes that layer in a copy of the whole model, hands the copy to ``retrain`` (with a number
+    that seeds it) and measures each k on what came back: slower (layers x sparsities short
+    trainings) but it prices what the cycle's retraining recovers, which the plain analysis
+    overstates for large layers."""
     start = time.perf_counter()
     model = model.to(device).eval()
     (dense_val,), (dense_loss,) = _scores(model, "", [], val, device)
     layers: list[tuple[str, tuple[Row, ...]]] = []
     for name, module in compressible_layers(model):
-        variants, rows = [], []
-        for sparsity in sparsities:
-            for k in ks:
+        rows: list[Row] = []
+        batches = [(model, module, sparsities)] if retrain is None else [
+            _retrained(model, name, s, retrain, len(layers) * len(sparsities) + i) for i, s in enumerate(sparsities)]
+        for base, layer, grid in batches:
+            variants, sizes = [], []
+            for sparsity, k in itertools.product(grid, ks):
                 # a copy of the layer alone (a parametrized module cannot be deep-copied, so each
                 # variant prunes its own): the cycle's own verbs, so the table prices what it does
-                shared = copy.deepcopy(module).cpu()
+                shared = copy.deepcopy(layer).cpu()
                 prune_(shared, MagnitudePrune(sparsity=sparsity))
                 share_weights_(shared, KMeansShare(k=k, init=init, seed=seed))
                 variants.append(tensor(shared, "weight").detach())
-                size = tensor_bytes(shared, name=f"{name}.weight", coder=coder, index_bits=index_bits)
-                rows.append((sparsity, k, size))
-        accuracy, loss = _scores(model, f"{name}.weight", variants, val, device)
-        layers.append((name, tuple(Row(s, k, a, b, c) for (s, k, b), a, c in zip(rows, accuracy, loss, strict=True))))
+                sizes.append((sparsity, k, tensor_bytes(shared, name=f"{name}.weight", coder=coder,
+                                                        index_bits=index_bits)))
+            accuracy, loss = _scores(base.eval(), f"{name}.weight", variants, val, device)
+            rows += [Row(s, k, a, b, c) for (s, k, b), a, c in zip(sizes, accuracy, loss, strict=True)]
+        layers.append((name, tuple(rows)))
     report = size_report(model, coder=coder, index_bits=index_bits)
     fixed = report.total_bytes - sum(layer.bytes for layer in report.layers if layer.name.endswith(".weight")
                                      and layer.name.removesuffix(".weight") in dict(layers))
     return Table(tuple(layers), dense_val, dense_loss, report.dense_bytes, fixed, time.perf_counter() - start)
+
+
+def _retrained(model: nn.Module, name: str, sparsity: float, retrain: Callable[[nn.Module, int], None],
+               number: int) -> tuple[nn.Module, nn.Module, Sequence[float]]:
+    """A copy of ``model`` with layer ``name`` alone pruned to ``sparsity`` and retrained, that
+    layer's weight baked back into a plain parameter (zeros where pruned, so pruning it again to
+    the same sparsity finds the same mask)."""
+    base = copy.deepcopy(model)
+    layer = base.get_submodule(name)
+    prune_(layer, MagnitudePrune(sparsity=sparsity))
+    retrain(base, number)
+    strip_parametrization_(layer, "weight")
+    return base, layer, (sparsity,)
 
 
 @torch.no_grad()

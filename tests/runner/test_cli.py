@@ -88,6 +88,8 @@ def test_human_output(capsys, tmp_path: Path) -> None:
     (["compress", "--model", "lenet5", "--layer", "features.*=0.5", "--layer", "conv1=0.5", "-o", "{tmp}/x.dcz"],
      r"\['conv1'\] match no layer of the model; its layers are \['features.0', 'features.2', 'fc1', 'fc2'\]"),
     (["run", "{tmp}/layers.yaml", "--storage", "{tmp}/s"], r"fixed: layers=\{'fc9': 0.5\} is not allowed"),
+    (["run", "{tmp}/klayers.yaml", "--storage", "{tmp}/s"],
+     r"fixed: k_layers=\{'fc9': 4\} is not allowed: .*\['fc9'\] match no layer of the model"),
     # allocation targets: out of reach, clashing with per-layer rules, malformed; table grids
     (["compress", "--model", "lenet5", "--dataset", "mnist5k", "--target-ratio", "500", "--storage", "{tmp}/s",
       "-o", "{tmp}/x.dcz"], r"target_ratio=500 is not reachable for lenet5: .* allowed: a ratio up to about \d+"),
@@ -109,6 +111,7 @@ def test_human_output(capsys, tmp_path: Path) -> None:
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str], message: str) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     (tmp_path / "layers.yaml").write_text("name: typo\nfixed: {layers: {fc9: 0.5}}\nswept: {k: {grid: [4, 8]}}\n")
+    (tmp_path / "klayers.yaml").write_text("name: typo\nfixed: {k_layers: {fc9: 4}}\nswept: {k: {grid: [4, 8]}}\n")
     code, _, err = run(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()

@@ -149,3 +149,12 @@ def test_cifar_augmentation_crops_and_flips(tmp_path: Path) -> None:
     background = (0 - torch.tensor(data.train.mean).view(3, 1, 1)) / torch.tensor(data.train.std).view(3, 1, 1)
     padded_rows = (augmented == background).all(dim=(1, 3)).any(dim=1)
     assert padded_rows.float().mean() > 0.5
+
+
+def test_the_validation_split_is_the_same_whatever_the_runs_seed() -> None:
+    from dcsweep.runner.cycle import run as cycle_run
+
+    splits = [cycle_run._Cycle(cycle_run.CycleConfig(seed=seed), cycle_run.CycleCallbacks(), False).data
+              for seed in (0, 7)]
+    assert torch.equal(splits[0].validation.images, splits[1].validation.images)
+    assert torch.equal(splits[0].train.labels, splits[1].train.labels)
