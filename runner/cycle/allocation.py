@@ -70,7 +70,7 @@ def allocate(table: Table, *, budget_bytes: int | None = None, max_drop: float |
         raise ConfigError("allocation needs a byte budget (or ratio) or a maximum accuracy drop, not both")
     names = [name for name, _ in table.layers]
     rows = [rows for _, rows in table.layers]
-    smallest = table.fixed_bytes + sum(min(r.bytes for r in layer) for layer in rows)
+    smallest = smallest_bytes(table)
     if budget_bytes is not None and budget_bytes < smallest:
         raise ConfigError(f"a budget of {budget_bytes:,} B (target_ratio {table.dense_bytes / budget_bytes:.1f}) is "
                           f"not reachable: the smallest allocation in the sensitivity table takes {smallest:,} B; "
@@ -102,6 +102,11 @@ def fit_budget(table: Table, *, budget_bytes: int | None, max_drop: float | None
         allocation = allocate(table, max_drop=max_drop)
         return allocation, price(allocation)
     aim = int(budget_bytes * (1 - RETRAIN_MARGIN))
+    if aim < smallest_bytes(table):
+        reach = table.dense_bytes * (1 - RETRAIN_MARGIN) / smallest_bytes(table)
+        raise ConfigError(f"target_ratio={table.dense_bytes / budget_bytes:.1f} is not reachable from the sensitivity "
+                          f"table: its smallest choice takes {smallest_bytes(table):,} B (with the "
+                          f"{100 * RETRAIN_MARGIN:g}% kept for retraining); allowed: target_ratio <= {reach:.1f}")
     target = aim
     for _ in range(8):
         allocation = allocate(table, budget_bytes=target)
@@ -116,6 +121,11 @@ def fit_budget(table: Table, *, budget_bytes: int | None, max_drop: float | None
 def _drop(choice: list[Row], table: Table) -> float:
     """The predicted validation accuracy drop of one row per layer: the sum of their own."""
     return sum(max(table.dense_val_accuracy - r.val_accuracy, 0.0) for r in choice)
+
+
+def smallest_bytes(table: Table) -> int:
+    """The size of the smallest choice the table offers."""
+    return table.fixed_bytes + sum(min(r.bytes for r in rows) for _, rows in table.layers)
 
 
 def _weight(row: Row, unit: float) -> int:

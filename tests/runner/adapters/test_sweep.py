@@ -105,7 +105,7 @@ def test_an_allocated_sweep_logs_each_trials_choice_and_its_table_once(ray_local
         assert all(v.startswith("sparsity=") and " k=" in v for v in chosen.values())
         assert run.data.metrics["compression_ratio"] >= float(run.data.params["target_ratio"]) * 0.97
         layers = json.loads(Path(client.download_artifacts(run.info.run_id, "layers.json", str(tmp_path))).read_text())
-        assert {row["name"]: row["allocated"]["k"] for row in layers if "allocated" in row} == {
+        assert {row["name"].removesuffix(".weight"): row["allocated"]["k"] for row in layers if "allocated" in row} == {
             name.removeprefix("allocation."): int(v.split("k=")[1]) for name, v in chosen.items()}
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, f"sensitivity/{tables[0].name}")}
     assert {f"sensitivity/{tables[0].name}/{f}" for f in ("sensitivity.json", "sensitivity.csv", "sensitivity.png")

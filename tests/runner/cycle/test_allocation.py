@@ -12,7 +12,7 @@ import torch
 from dcsweep.compression import KMeansShare, MagnitudePrune, prune_, save_compressed, share_weights_
 from dcsweep.runner.cycle import ConfigError
 from dcsweep.runner.cycle import run as cycle_run
-from dcsweep.runner.cycle.allocation import LOSS_WEIGHT, RETRAIN_MARGIN, allocate
+from dcsweep.runner.cycle.allocation import LOSS_WEIGHT, RETRAIN_MARGIN, allocate, fit_budget
 from dcsweep.runner.cycle.sensitivity import Row, Table
 
 
@@ -91,3 +91,10 @@ def test_an_allocation_fits_its_budget_in_the_file_it_writes(ratio: float, tmp_p
     assert written.total_bytes <= budget * (1 - RETRAIN_MARGIN) and budget == int(written.dense_bytes / ratio)
     # the rest of the cycle runs with those rules
     assert cycle.cfg.layers == {n: v["sparsity"] for n, v in chosen.items()} and cycle.cfg.target_ratio is None
+
+
+def test_a_ratio_the_table_cannot_reach_names_the_ratio_asked_and_the_largest_allowed() -> None:
+    table = _table()
+    with pytest.raises(ConfigError, match=r"target_ratio=300.1 is not reachable from the sensitivity table: .* "
+                                          r"allowed: target_ratio <= \d+\.\d"):
+        fit_budget(table, budget_bytes=table.dense_bytes // 300, max_drop=None, price=lambda a: a.predicted_bytes)
