@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dcsweep.runner.cycle import FINAL, STEPS, ConfigError, CycleResult, Trial
-from dcsweep.runner.cycle.pareto import dominates, mark_front, write_csv, write_png
+from dcsweep.runner.cycle.pareto import dominates, hypervolume, mark_front, write_csv, write_png
 from dcsweep.runner.cycle.results import RATIO_METRIC
 from dcsweep.runner.cycle.run import SENSITIVITY_DIR
 
@@ -66,6 +66,8 @@ class SweepTracker:
         self._status: dict[str, str] = {}  # run id -> status as this driver knows it
         self._front: dict[str, tuple[float, int]] | None = None  # run id -> (val accuracy, bytes) on the front
         self._tables: set[str] = set()  # sensitivity tables logged on the parent by this driver
+        self._finished_count = 0  # finished trials: the step of the front's summary
+        self._reference: float | None = None  # the dense model's bytes: the hypervolume's reference point
 
     def _search(self, query: str) -> list[Run]:
         return list(search_all(self.client, self.experiment_id, query))
@@ -169,24 +171,37 @@ class SweepTracker:
     def _join_front(self, run_id: str, result: CycleResult | None) -> None:
         """Tag a newly finished run, and the runs it pushes off the front. The finished runs are
         read from MLflow once per driver; after that each trial costs a look at the front and
-        a tag or two, however many trials the sweep has."""
+        a tag or two, however many trials the sweep has. Then the front's summary on the parent."""
         if self._front is None or result is None or result.encoded is None:
             self.update_pareto(artifacts=False)
             return
+        self._finished_count += 1
+        self._reference = float(result.encoded.dense_bytes)
         final = result.metrics(FINAL)
-        if final.get("val_accuracy") is None:  # from before the validation split: never on the front
+        point = None if final.get("val_accuracy") is None else (  # from before the validation split: never on it
+            float(final["val_accuracy"]), int(final["compressed_bytes"]))
+        if point is None or any(dominates(other, point) for other in self._front.values()):
             self.client.set_tag(run_id, PARETO_TAG, "false")
+        else:
+            for other, where in list(self._front.items()):
+                if dominates(point, where):
+                    self.client.set_tag(other, PARETO_TAG, "false")
+                    del self._front[other]
+            self._front[run_id] = point
+            self.client.set_tag(run_id, PARETO_TAG, "true")
+        self._log_summary()
+
+    def _log_summary(self) -> None:
+        """``hypervolume`` (of the front on validation accuracy and bytes, reference point
+        accuracy 0 at the dense model's bytes, as a share of that rectangle: see
+        :func:`~dcsweep.runner.cycle.pareto.hypervolume`) and ``front_size`` on the parent, at
+        step = finished trials: one number per sweep to compare sweeps by, charted as it grows."""
+        if self._front is None or not self._reference:
             return
-        point = (float(final["val_accuracy"]), int(final["compressed_bytes"]))
-        if any(dominates(other, point) for other in self._front.values()):
-            self.client.set_tag(run_id, PARETO_TAG, "false")
-            return
-        for other, where in list(self._front.items()):
-            if dominates(point, where):
-                self.client.set_tag(other, PARETO_TAG, "false")
-                del self._front[other]
-        self._front[run_id] = point
-        self.client.set_tag(run_id, PARETO_TAG, "true")
+        now, step = int(time.time() * 1000), self._finished_count
+        volume = hypervolume(list(self._front.values()), self._reference)
+        self.client.log_batch(self.parent_id, metrics=[Metric("hypervolume", volume, now, step),
+                                                       Metric("front_size", len(self._front), now, step)])
 
     def fail_trial(self, trial_id: str, error: str) -> None:
         run_id = self._runs.get(trial_id)
@@ -216,6 +231,9 @@ class SweepTracker:
         trials = mark_front([trial for _, trial in rows])
         self._front = {t.run_id: (t.val_accuracy, t.compressed_bytes) for t in trials
                        if t.pareto_optimal and t.run_id and t.val_accuracy is not None}
+        self._finished_count = len(trials)
+        self._reference = next((t.ratio * t.compressed_bytes for t in trials if t.ratio), self._reference)
+        self._log_summary()
         for t in trials:
             flag = str(t.pareto_optimal).lower()
             if tags[t.run_id] != flag and t.run_id is not None:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
 from dcsweep.runner.adapters import tracking
 from dcsweep.runner.adapters.tracking import SweepTracker, read_trials, sweep_trials
 from dcsweep.runner.cycle import ConfigError, run_cycle
 from dcsweep.runner.cycle import run as cycle_run
 from dcsweep.runner.cycle.datasets import load_dataset
+from dcsweep.runner.cycle.pareto import hypervolume
 from dcsweep.runner.cycle.results import Report
 from dcsweep.runner.sweep.stages import StageStore
 
@@ -83,3 +85,20 @@ def test_the_front_never_reads_test_labels(tmp_path: Path, monkeypatch: pytest.M
     poisoned_front, poisoned_test, poisoned_val = _front(tmp_path, "poisoned")
     assert poisoned_val == val and poisoned_front == front and any(front.values()) and not all(front.values())
     assert max(poisoned_test.values()) < 0.25 < 0.8 < max(test.values())
+
+
+def test_the_parent_charts_hypervolume_and_front_size_per_finished_trial(tmp_path: Path) -> None:
+    front, _, val = _front(tmp_path, "summary")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("summary")
+    parent = next(tracking.search_all(client, exp.experiment_id, f"tags.`{tracking.ROLE}` = 'parent'"))
+    sizes = client.get_metric_history(parent.info.run_id, "front_size")
+    volumes = client.get_metric_history(parent.info.run_id, "hypervolume")
+    assert [m.step for m in sizes] == [m.step for m in volumes] == list(range(1, 10))
+    assert sizes[-1].value == sum(front.values())
+    runs = {f"{r.data.params['sparsity']}/{r.data.params['k']}": r for r in
+            tracking.search_all(client, exp.experiment_id, f"tags.`{tracking.ROLE}` = 'child'")}
+    dense = runs["0.3/2"].data.metrics["dense_bytes"]
+    points = [(val[t], runs[t].data.metrics["compressed_bytes"]) for t in front if front[t]]
+    assert volumes[-1].value == pytest.approx(hypervolume(points, dense))
+    assert all(a.value <= b.value + 1e-12 for a, b in zip(volumes, volumes[1:], strict=False))  # a front only grows
