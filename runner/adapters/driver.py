@@ -161,8 +161,11 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
         path = sweep.storage.uri(*sweep.folder, "tune")
         if sweep.resume and tune.Tuner.can_restore(path):
             log.info("resuming sweep %s from %s", sweep.name, path)
-            # the callbacks come back from Tune's pickled state and find this driver's tracker
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+            # the callbacks come back from Tune's pickled state and find this driver's tracker.
+            # A sweep a full storage stopped retries its failed trials too: a trial whose own
+            # checkpoint upload hit the full device ended in error, not for a fault of its own
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
+                                       resume_errored=is_full(tracker.stopped_by))
         else:
             tuner = tune.Tuner(trainable, param_space=param_space(sweep.space), tune_config=_tune_config(sweep.space),
                                run_config=tune.RunConfig(

@@ -44,6 +44,7 @@ class SweepTracker:
         # which the driver spends while Ray starts
         self.client = MlflowClient(client) if isinstance(client, str) else client
         self.name = name
+        self.stopped_by: str | None = None  # a resumed sweep's error from when it last stopped
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None  # a URI
@@ -56,6 +57,7 @@ class SweepTracker:
             if parents[0].info.status != "RUNNING":
                 self.client.update_run(self.parent_id, status="RUNNING")
                 if "error" in parents[0].data.tags:  # why it stopped last time
+                    self.stopped_by = parents[0].data.tags["error"]
                     self.client.delete_tag(self.parent_id, "error")
         else:
             self.parent_id = self.client.create_run(self.experiment_id, run_name=name,
