@@ -63,30 +63,38 @@ def _copy_files(source: str, destination: str, source_filesystem: Any = None, de
         return getattr(storage, _ORIGINAL)(source, destination, source_filesystem=source_filesystem,
                                            destination_filesystem=destination_filesystem, **kwargs)
     if not os.path.isdir(source):
-        _copy_one(source, destination)
+        _copy_all([(source, destination)])
         return None
+    pairs = []
     for folder, _, names in os.walk(source):
         target = os.path.join(destination, os.path.relpath(folder, source))
-        for name in names:
-            _copy_one(os.path.join(folder, name), os.path.join(target, name))
+        pairs += [(os.path.join(folder, name), os.path.join(target, name)) for name in names]
+    _copy_all(pairs)
     return None
 
 
-def _copy_one(source: str, destination: str) -> None:
-    """Copy to a temporary name, then rename over ``destination``: one plain copy, not a
-    pyarrow ``copy_files`` (threads and all) per file. Every file is copied every time: a file
-    rewritten at the same size can keep its coarse mtime, so "unchanged" cannot be told cheaply."""
-    temporary = None
+def _copy_all(pairs: list[tuple[str, str]]) -> None:
+    """Every file to a temporary name beside its destination first, then every rename: a
+    folder lands whole or not at all. Tune's experiment folder holds the trial list and the
+    searcher's state in separate files; when only the searcher's newer state fitted on a full
+    device, a resume found the searcher past a trial that the trial list never had, and the
+    trial was lost. A rename needs no space, so once every copy fits the whole set lands.
+    One plain copy per file, not a pyarrow ``copy_files`` (threads and all); every file every
+    time: a file rewritten at the same size can keep its coarse mtime."""
+    temporaries: list[tuple[str, str]] = []
     try:
-        os.makedirs(os.path.dirname(destination), exist_ok=True)
-        temporary = os.path.join(os.path.dirname(destination),
-                                 f".{os.path.basename(destination)}.{uuid.uuid4().hex[:8]}.part")
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, destination)
+        for source, destination in pairs:
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            temporary = os.path.join(os.path.dirname(destination),
+                                     f".{os.path.basename(destination)}.{uuid.uuid4().hex[:8]}.part")
+            temporaries.append((temporary, destination))
+            shutil.copyfile(source, temporary)
     except BaseException as exc:
-        if temporary is not None:
+        for temporary, _ in temporaries:
             with contextlib.suppress(OSError):  # never created, or the device refuses even this
                 os.unlink(temporary)
         if is_full(exc):
-            FULL_WRITES.append(destination)
+            FULL_WRITES.append(temporaries[-1][1] if temporaries else "")
         raise
+    for temporary, destination in temporaries:
+        os.replace(temporary, destination)

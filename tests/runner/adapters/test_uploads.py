@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from pyarrow import fs
 
 from dcsweep.runner.adapters.uploads import _copy_files
@@ -63,3 +64,37 @@ def test_a_checkpoint_already_gone_is_not_an_error(tmp_path: Path) -> None:
     manager.register_checkpoint(_TrainingResult(Checkpoint.from_directory(str(folders[1])), {"i": 1}))
     manager.register_checkpoint(_TrainingResult(Checkpoint.from_directory(str(folders[2])), {"i": 2}))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002"]  # the old ones still go
+
+
+def test_a_folder_that_does_not_fit_leaves_the_last_whole_copy(tmp_path: Path, monkeypatch) -> None:
+    """The searcher's state and the trial list are separate files: when one copy of the set hits
+    a full device, none of the set lands (a newer searcher state beside an older trial list lost
+    a trial on resume)."""
+    import errno
+    import shutil
+
+    from dcsweep.runner.adapters import uploads
+
+    source, target = tmp_path / "staging", tmp_path / "storage" / "tune"
+    source.mkdir(parents=True)
+    (source / "basic-variant-state.json").write_text('{"generated": 1}')
+    (source / "experiment_state.json").write_text('{"trials": 1}')
+    local = fs.LocalFileSystem()
+    _copy_files(str(source), str(target), source_filesystem=local, destination_filesystem=local)
+    whole = _tree(target)
+    (source / "basic-variant-state.json").write_text('{"generated": 2}')
+    (source / "experiment_state.json").write_text('{"trials": 2}')
+    real, calls = shutil.copyfile, []
+
+    def full_on_second(src: str, dst: str) -> str:
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(uploads.shutil, "copyfile", full_on_second)
+    monkeypatch.setattr(uploads, "FULL_WRITES", [])
+    with pytest.raises(OSError, match="No space left"):
+        _copy_files(str(source), str(target), source_filesystem=local, destination_filesystem=local)
+    assert _tree(target) == whole and not [p for p in target.rglob("*.part")]
+    assert len(uploads.FULL_WRITES) == 1
