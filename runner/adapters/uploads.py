@@ -68,10 +68,7 @@ def _copy_files(source: str, destination: str, source_filesystem: Any = None, de
     pairs = []
     for folder, _, names in os.walk(source):
         target = os.path.join(destination, os.path.relpath(folder, source))
-        # an empty file (a trial's result.json before its first result) carries nothing, and in
-        # the storage it cannot be told from one a full device cut short: it comes once written
-        pairs += [(os.path.join(folder, name), os.path.join(target, name)) for name in names
-                  if os.path.getsize(os.path.join(folder, name)) > 0]
+        pairs += [(os.path.join(folder, name), os.path.join(target, name)) for name in names]
     _copy_all(pairs)
     return None
 
