@@ -28,13 +28,28 @@ print(json.dumps([{"role": r.data.tags.get("dcsweep.role"), "status": r.info.sta
                    "error": r.data.tags.get("error", "")} for r in runs]))
 """
 
+# a trial's result.json is JSON lines, appended to; empty until its first result (whole, then):
+# cut short, its last line would not parse
+WHOLE_LINES = """
+import json, pathlib, sys
+for path in pathlib.Path(sys.argv[1]).rglob("result.json"):
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            print(path)
+            break
+"""
+
 SCRIPT = """
 set -u
 mount -t tmpfs -o size=1M tmpfs "$STORE" || exit 77
 dcsweep() {{ "{python}" -m dcsweep.runner.cli "$@"; }}
 dcsweep run "$SPACE" --name full --storage "$STORE" --tracking-uri "$URI" --json > "$OUT/run.json" 2> "$OUT/run.err"
 echo $? > "$OUT/run.rc"
-find "$STORE" -type f \\( -size 0 -o -name '*.part' \\) ! -name .validate_storage_marker > "$OUT/cut-short.txt"
+find "$STORE" -type f \\( -size 0 -o -name '*.part' \\) ! -name .validate_storage_marker ! -name result.json \\
+    > "$OUT/cut-short.txt"
+"{python}" -c "$WHOLE_LINES" "$STORE" >> "$OUT/cut-short.txt"
 "{python}" -c "$MLFLOW_STATE" "$URI" > "$OUT/after-run.json"
 mount -o remount,size=64M "$STORE"
 dcsweep resume full --storage "$STORE" --json > "$OUT/resume.json" 2> "$OUT/resume.err"
@@ -59,7 +74,7 @@ def test_a_full_storage_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path:
     out.mkdir()
     (tmp_path / "space.yaml").write_text(SPACE)
     env = {"STORE": str(store), "OUT": str(out), "SPACE": str(tmp_path / "space.yaml"),
-           "URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_STATE": MLFLOW_STATE}
+           "URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_STATE": MLFLOW_STATE, "WHOLE_LINES": WHOLE_LINES}
     script = textwrap.dedent(SCRIPT).format(python=sys.executable)
     done = subprocess.run(["unshare", "-m", "bash", "-c", script], env={**os.environ, **env}, timeout=1500,
                           capture_output=True, text=True)
