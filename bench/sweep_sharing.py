@@ -1,6 +1,10 @@
 """Shared stages: one sweep with them, without them, and with a pruning ladder, in one run.
 
     python bench/sweep_sharing.py [--space lenet300-digits] [--modes shared,unshared,ladder]
+                                  [--smoke-test] [--set KEY=VALUE ...]
+
+``--smoke-test`` runs the space's smoke settings (as ``dcsweep run --smoke-test`` does) and
+``--set`` overrides a fixed setting, e.g. ``--set data_root=/data`` for the CIFAR-10 spaces.
 
 Each mode runs the space through the real CLI (`dcsweep run`) in a fresh storage, as its own
 process timed from start to exit:
@@ -46,14 +50,15 @@ MODES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "shared": ({}, {}), "unshared": ({"share_stages": False}, {}), "ladder": ({}, {"prune_schedule": "ladder"})}
 
 
-def run_mode(space_name: str, mode: str, folder: Path) -> dict[str, Any]:
+def run_mode(space_name: str, mode: str, folder: Path, smoke: bool = False,
+             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     space = load_space(space_name, check_settings).to_dict()
     top, fixed = MODES[mode]
     space.update(top, name=f"{space['name']}-{mode}")
-    space["fixed"].update(fixed)
+    space["fixed"].update(overrides or {}, **fixed)
     (folder / "space.yaml").write_text(yaml.safe_dump(space))
     command = [str(Path(sys.executable).parent / "dcsweep"), "run", str(folder / "space.yaml"),
-               "--storage", str(folder / "store"), "--name", mode, "--json"]
+               "--storage", str(folder / "store"), "--name", mode, "--json"] + ["--smoke-test"] * smoke
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -88,7 +93,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default="lenet300-digits")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--smoke-test", dest="smoke", action="store_true", help="the space's smoke settings")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a fixed setting (a YAML value); repeatable")
     args = parser.parse_args()
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            sys.exit(f"--set: expected KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
     modes = args.modes.split(",")
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
@@ -96,7 +110,7 @@ def main() -> None:
     results = {}
     for mode in modes:
         with tempfile.TemporaryDirectory(prefix="dcsweep-bench-") as tmp:
-            results[mode] = run_mode(args.space, mode, Path(tmp))
+            results[mode] = run_mode(args.space, mode, Path(tmp), args.smoke, overrides)
         r = results[mode]
         print(f"{mode:<9} wall {r['wall']:7.1f} s   trial-seconds {r['trial_seconds']:8.1f}   pruning runs "
               f"{r['pruning_runs']:3d}   workers {r['workers']:2d}   hypervolume {r['hypervolume']:.4f}   "
