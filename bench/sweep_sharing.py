@@ -65,6 +65,8 @@ def run_mode(space_name: str, mode: str, folder: Path, smoke: bool = False,
     if done.returncode:
         sys.exit(f"{mode}: {' '.join(command)} failed:\n{done.stderr[-3000:]}")
     out = json.loads(done.stdout)
+    for error in out.get("errors", []):  # a failed trial is missing from the front: say why
+        print(f"{mode}: a trial failed: " + " | ".join(error.strip().splitlines()[-6:]), flush=True)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(out["tracking_uri"])

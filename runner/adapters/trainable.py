@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from dcsweep.runner.cycle import FINAL, CycleCallbacks, CycleResult, DivergedError, Report, run_cycle
@@ -72,7 +73,7 @@ def trial(config: dict[str, Any], swept: tuple[str, ...] = (), stages: str | Non
         out = work / "out"
         try:
             result = run_cycle(config, output=out / MODEL_FILE, callbacks=_TuneReporter(config), resume_from=resume,
-                               plots=out / PLOTS_DIR, workdir=work,
+                               plots=out / PLOTS_DIR, workdir=work, device=trial_device(config, ray.get_gpu_ids()),
                                stages=StageStore(stages, shared) if stages is not None else None)
         except DivergedError as exc:
             # deterministic: a retry would diverge again. The trial ends here with the reason.
@@ -81,6 +82,13 @@ def trial(config: dict[str, Any], swept: tuple[str, ...] = (), stages: str | Non
         (out / RESULT_FILE).write_text(json.dumps(result.to_json()))
         # Tune copies the checkpoint into the sweep storage before report returns
         _report(result.metrics(FINAL), tune.Checkpoint.from_directory(str(out)))
+
+
+def trial_device(config: dict[str, Any], gpu_ids: list[Any]) -> str | None:
+    """Where a trial computes: ``auto`` takes a GPU only when Ray gave the trial one. Ray leaves
+    every GPU visible to a worker that asked for none, so without this a CPU trial would take
+    a GPU that another trial (or another job) holds."""
+    return "cpu" if config.get("device", "auto") == "auto" and not gpu_ids else None
 
 
 @contextlib.contextmanager

@@ -71,9 +71,9 @@ class _Cycle:
     """The state one run of the cycle carries from phase to phase."""
 
     def __init__(self, cfg: CycleConfig, callbacks: CycleCallbacks, progress: bool,
-                 workdir: Path | None = None) -> None:
+                 workdir: Path | None = None, device: str | None = None) -> None:
         self.cfg, self.callbacks, self.progress, self.workdir = cfg, callbacks, progress, workdir
-        self.device = pick_device(cfg.device)
+        self.device = pick_device(device or cfg.device)
         self.data: Data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size, cfg.val_fraction)
         seed_everything(cfg.seed)  # the initial weights too
         self.model = create_model(cfg.model, self.data.input_shape, self.data.num_classes)
@@ -308,6 +308,7 @@ def run_cycle(
     progress: bool = False,
     workdir: str | Path | None = None,
     stages: Stages | None = None,
+    device: str | None = None,
 ) -> CycleResult:
     """Run the cycle; ``result.to_json()`` is the compress JSON of ARCHITECTURE.md.
 
@@ -317,9 +318,12 @@ def run_cycle(
     temporary folders (default: the system's), each removed before the cycle returns or raises.
     ``stages`` finds the phases earlier cycles computed with the same settings and keeps the
     ones this cycle computes (see :mod:`.stages`); ``result.stages`` says which were reused.
+    ``device`` overrides where the run computes (its settings' ``device``) and leaves what its
+    stages are keyed by alone: a sweep's trial that holds no GPU runs ``auto`` on the CPU.
     """
     cfg = config if isinstance(config, CycleConfig) else CycleConfig.from_dict(config)
-    cycle = _Cycle(cfg, callbacks or CycleCallbacks(), progress, Path(workdir) if workdir is not None else None)
+    cycle = _Cycle(cfg, callbacks or CycleCallbacks(), progress, Path(workdir) if workdir is not None else None,
+                   device)
     cycle.stages = stages or NoStages()
     done = -1
     if resume_from is not None:

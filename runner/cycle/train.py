@@ -77,10 +77,27 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+#: Steps between checks that the loss is finite: each check waits for the device, so on a GPU
+#: checking every step would stall the queue of kernels (a diverged run wastes at most this many).
+CHECK_EVERY = 50
+
+
+def mixed_precision(device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype, whether a gradient scaler is needed) on ``device``: bfloat16 where the
+    GPU has it (fp32's range, so no loss scaling and no host sync each step), float16 with a
+    scaler on older GPUs, none on the CPU."""
+    if device.type != "cuda":
+        return None, False
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
 def fit(model: nn.Module, data: InMemory | Folder, schedule: Schedule, device: torch.device,
         generator: torch.Generator, label: str = "train", progress: bool = True,
         on_epoch: Callable[[int, float], None] | None = None) -> float:
-    """Train ``model`` in place; returns the last epoch's mean loss. Raises DivergedError."""
+    """Train ``model`` in place; returns the last epoch's mean loss. Raises DivergedError
+    when a batch's loss is NaN or infinite (found within CHECK_EVERY steps)."""
     if schedule.epochs == 0:
         return float("nan")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -91,28 +108,32 @@ def fit(model: nn.Module, data: InMemory | Folder, schedule: Schedule, device: t
         opt = torch.optim.Adam(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     steps = schedule.epochs * math.ceil(len(data) / schedule.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    dtype, scaled = mixed_precision(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=scaled)
     bar = _Progress(label, schedule.epochs, progress)
     loss_value = float("nan")
     model.to(device).train()
     for epoch in range(schedule.epochs):
-        total, count = 0.0, 0
-        for x, y in data.batches(schedule.batch_size, device, generator):
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        # summed on the device: reading a loss back each step would wait for the GPU each step
+        total = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        count = 0
+        for step, (x, y) in enumerate(data.batches(schedule.batch_size, device, generator)):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss = nn.functional.cross_entropy(model(x), y)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise DivergedError(f"{label}: loss became {loss.item()} in epoch {epoch + 1}; lower the "
-                                    f"learning rate (lr={schedule.lr:g})")
+            bad = ~torch.isfinite(loss.detach())
+            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             sched.step()
-            total += loss.item() * len(y)
+            total += loss.detach().double() * len(y)
             count += len(y)
-        loss_value = total / max(count, 1)
+            if (step + 1) % CHECK_EVERY == 0:
+                _check_finite(first_bad, label, epoch, schedule, bar)
+        _check_finite(first_bad, label, epoch, schedule, bar)
+        loss_value = total.item() / max(count, 1)
         bar.update(epoch + 1, loss_value)
         if on_epoch is not None:
             on_epoch(epoch, loss_value)
@@ -121,14 +142,24 @@ def fit(model: nn.Module, data: InMemory | Folder, schedule: Schedule, device: t
     return loss_value
 
 
+def _check_finite(first_bad: torch.Tensor, label: str, epoch: int, schedule: Schedule, bar: _Progress) -> None:
+    step = int(first_bad)
+    if step >= 0:
+        bar.close()
+        raise DivergedError(f"{label}: loss became nan or infinite in epoch {epoch + 1} (step {step + 1}); "
+                            f"lower the learning rate (lr={schedule.lr:g})")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: InMemory | Folder, device: torch.device, batch_size: int = 256) -> float:
     """Top-1 accuracy in [0, 1], in eval mode, in a fixed order (so equal weights give equal
     accuracy, bit for bit)."""
     model.to(device).eval()
-    correct = total = 0
+    dtype, _ = mixed_precision(device)
+    correct = torch.zeros((), dtype=torch.long, device=device)  # counted on the device: one sync
+    total = 0
     for x, y in data.batches(batch_size, device, None):
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            correct += int((model(x).argmax(1) == y).sum())
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            correct += (model(x).argmax(1) == y).sum()
         total += len(y)
-    return correct / max(total, 1)
+    return int(correct) / max(total, 1)
