@@ -18,13 +18,19 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from dcsweep.compression import CODERS, INITS, MAX_K, MIN_K, CompressedFileError
-from dcsweep.runner.cycle import ConfigError, DataError, DivergedError
-from dcsweep.runner.sweep import Storage, StorageFull, Sweep, default_storage
+from dcsweep.search_spaces import list_spaces  # no torch: `--help` and usage errors answer at once
+
+if TYPE_CHECKING:
+    from dcsweep.runner.sweep import Storage, Sweep
 
 log = logging.getLogger("dcsweep")
+
+#: The library's INITS and CODERS, for the help text (a test keeps them equal): importing the
+#: library imports torch, which `--help` and a usage error must not wait for.
+INIT_NAMES = ("linear", "density", "random", "kmeans++", "optimal")
+CODER_NAMES = ("huffman", "ans")
 
 
 class UsageError(Exception):
@@ -69,8 +75,8 @@ def _compress_args(p: argparse.ArgumentParser, table: bool = False) -> None:
         p.add_argument("--k", type=int, default=s, help="clusters per layer (32)")
         p.add_argument("--k-conv", dest="k_conv", type=int, default=s, help="clusters per conv layer")
         p.add_argument("--k-fc", dest="k_fc", type=int, default=s, help="clusters per fully connected layer")
-    p.add_argument("--init", default=s, help=f"k-means init: {', '.join(INITS)} (linear)")
-    p.add_argument("--coder", default=s, help=f"entropy coder: {', '.join(CODERS)} (huffman)")
+    p.add_argument("--init", default=s, help=f"k-means init: {', '.join(INIT_NAMES)} (linear)")
+    p.add_argument("--coder", default=s, help=f"entropy coder: {', '.join(CODER_NAMES)} (huffman)")
     p.add_argument("--index-bits", dest="index_bits", type=int, default=s, help="sparse gap width 1-15 (auto)")
     p.add_argument("--epochs", type=int, default=s, help="dense training epochs")
     if not table:
@@ -139,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("run", help="run a sweep on Ray Tune, tracked in MLflow")
+    p = sub.add_parser("run", help="run a sweep on Ray Tune, tracked in MLflow",
+                       epilog=f"built-in spaces: {', '.join(list_spaces())}")
     p.add_argument("space", nargs="?", default="lenet300-digits",
                    help="a built-in space name or a YAML path (default lenet300-digits)")
     p.add_argument("--name", help="the sweep's name (default: SPACE-YYYYmmdd-HHMMSS)")
@@ -238,6 +245,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     sparsities, ks = args.sparsities or list(SPARSITIES), args.ks or list(KS)
     if bad := [v for v in sparsities if not 0.0 <= v < 1.0]:
         raise UsageError(f"--sparsities={bad} is not allowed; each must be in [0, 1)")
+    from dcsweep.compression import MAX_K, MIN_K
+
     if bad := [v for v in ks if not MIN_K <= v <= MAX_K]:
         raise UsageError(f"--k={bad} is not allowed; each must be an integer in [{MIN_K}, {MAX_K}]")
     stages = StageStore(_storage(args), phases=("dense", "sensitivity"))
@@ -285,6 +294,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _storage(args: argparse.Namespace) -> Storage:
+    from .sweep import Storage, default_storage
+
     return Storage(args.storage or default_storage())
 
 
@@ -437,13 +448,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         result = COMMANDS[args.command](args)
-    except (UsageError, ConfigError, DataError, CompressedFileError) as exc:
+    except UsageError as exc:
         print(f"dcsweep: error: {exc}", file=sys.stderr)
         return 2
-    except (DivergedError, StorageFull) as exc:  # the cause is known: one line says it
-        print(f"dcsweep: failed: {exc}", file=sys.stderr)
-        return 1
     except Exception as exc:  # noqa: BLE001 - any failure while running: its traceback, then its cause
+        bad_input, known = _error_kinds()
+        if isinstance(exc, bad_input):
+            print(f"dcsweep: error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, known):  # the cause is known: one line says it
+            print(f"dcsweep: failed: {exc}", file=sys.stderr)
+            return 1
         traceback.print_exc()
         cause = str(exc).splitlines()[0] if str(exc) else ""
         print(f"dcsweep: failed: {type(exc).__name__}: {cause}", file=sys.stderr)
@@ -458,6 +473,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{_last_line(result['errors'][0])}", file=sys.stderr)
         return 1
     return 0
+
+
+def _error_kinds() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """(bad input: exit 2, known failures: one line, exit 1); imported only once an error
+    happened, since their modules import torch."""
+    from dcsweep.compression import CompressedFileError
+    from dcsweep.runner.cycle import ConfigError, DataError, DivergedError
+    from dcsweep.runner.sweep import StorageFull
+
+    return (ConfigError, DataError, CompressedFileError), (DivergedError, StorageFull)
 
 
 def _last_line(text: str) -> str:

@@ -185,6 +185,34 @@ def test_console_script_runs(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["accuracy"]["decoded"] > 0.5  # stdout is exactly one JSON document
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["compress", "--help"], ["pareto"],
+                                  ["compress", "--sparsity", "x"], ["nonsense"]])
+def test_help_and_usage_errors_import_neither_torch_nor_ray(argv: list[str]) -> None:
+    """`--help` and a usage error answer before the heavy imports (torch alone takes seconds)."""
+    code = ("import atexit, sys; from dcsweep.runner.cli import main; "
+            "atexit.register(lambda: print('HEAVY', sorted(m for m in ('torch', 'ray', 'mlflow', 'sklearn') "
+            "if m in sys.modules), file=sys.stderr)); sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert "HEAVY []" in done.stderr, done.stderr
+    if argv[-1] == "--help":
+        assert done.returncode == 0 and "usage: dcsweep" in done.stdout
+    else:
+        assert done.returncode == 2 and done.stderr.startswith("dcsweep: error:"), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 2  # one line, then the check's own
+
+
+def test_run_help_lists_every_built_in_space_and_the_help_names_match_the_library(capsys) -> None:
+    from dcsweep.compression import CODERS, INITS
+    from dcsweep.runner.cli import CODER_NAMES, INIT_NAMES
+    from dcsweep.search_spaces import list_spaces
+
+    assert (tuple(INITS), tuple(CODERS)) == (INIT_NAMES, CODER_NAMES)
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in list_spaces())
+
+
 def test_the_quick_exit_runs_exit_handlers_and_flushes(tmp_path: Path) -> None:
     """entry() skips the interpreter's slow teardown, not what a library registered for exit."""
     code = ("import atexit, sys; from dcsweep.runner.cli import entry; "
