@@ -213,6 +213,17 @@ def test_run_help_lists_every_built_in_space_and_the_help_names_match_the_librar
     assert all(name in text for name in list_spaces())
 
 
+def test_every_option_of_every_subcommand_has_help() -> None:
+    import argparse
+
+    from dcsweep.runner.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    undocumented = [f"{name} {a.option_strings or a.dest}" for name, parser in sub.choices.items()
+                    for a in parser._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert undocumented == []
+
+
 def test_the_quick_exit_runs_exit_handlers_and_flushes(tmp_path: Path) -> None:
     """entry() skips the interpreter's slow teardown, not what a library registered for exit."""
     code = ("import atexit, sys; from dcsweep.runner.cli import entry; "
