@@ -1,7 +1,8 @@
 """The ``dcsweep`` command line.
 
 Exit codes: 0 success; 2 bad input (one line naming the value and what is allowed; nothing was
-started and nothing on disk was touched); 1 failure while running. ``--json`` prints exactly one
+started and nothing on disk was touched); 1 failure while running; 130 a sweep interrupted by
+Ctrl-C (its state saved: the last line is the command that continues it). ``--json`` prints exactly one
 JSON document on stdout; logs and progress go to stderr.
 """
 
@@ -13,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 import threading
 import traceback
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from dcsweep.runner.sweep import Storage, Sweep
 
 log = logging.getLogger("dcsweep")
+
+INTERRUPTED = 130  # a sweep stopped by Ctrl-C: the shell's code for SIGINT
 
 #: The library's INITS and CODERS, for the help text (a test keeps them equal): importing the
 #: library imports torch, which `--help` and a usage error must not wait for.
@@ -345,8 +349,14 @@ def _drive(sweep: Sweep) -> dict[str, Any]:
 
     log.info("dcsweep from %s", Path(__file__).parents[1])  # which copy runs: a job's is shipped
     # one driver per sweep, from before anything is written until the end
-    with hold(sweep.storage, sweep.name), contextlib.redirect_stdout(sys.stderr):  # stdout stays JSON
-        result = run_sweep(sweep)
+    try:
+        with hold(sweep.storage, sweep.name), contextlib.redirect_stdout(sys.stderr):  # stdout stays JSON
+            result = run_sweep(sweep)
+    except KeyboardInterrupt:  # a second Ctrl-C: Tune's last save of its state was skipped
+        print(f"dcsweep: interrupted; continue with: {_resume_command(sweep)}", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+    if result.get("interrupted"):
+        result["resume"] = _resume_command(sweep)
 
     if sweep.storage.local and sweep.tracking_uri == default_tracking_uri(sweep.storage):
         result["ui"] = f"dcsweep ui --storage {sweep.storage}"
@@ -355,6 +365,14 @@ def _drive(sweep: Sweep) -> dict[str, Any]:
     else:  # a tracking server serves its own UI
         result["ui"] = f"open {sweep.tracking_uri}"
     return result
+
+
+def _resume_command(sweep: Sweep) -> str:
+    """The command that continues ``sweep`` (its saved space and tracking store come with it)."""
+    command = ["dcsweep", "resume", sweep.name, "--storage", str(sweep.storage)]
+    if sweep.address:
+        command += ["--address", sweep.address]
+    return shlex.join(command)
 
 
 def _tracking_uri(args: argparse.Namespace, name: str | None = None) -> str:
@@ -467,6 +485,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         _print_human(args.command, result)
+    if result.get("interrupted"):
+        print(f"dcsweep: interrupted: {result['trials_ended']} of {result['trials_total']} trials ended; "
+              f"continue with: {result['resume']}", file=sys.stderr)
+        return INTERRUPTED
     if args.command in ("run", "resume") and result.get("errors") and not result.get("trials"):
         # not one trial finished: a failure, with the first trial's own cause as its last line
         print(f"dcsweep: failed: all {len(result['errors'])} failed trials, none finished; the first: "

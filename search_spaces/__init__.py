@@ -82,6 +82,11 @@ class SearchSpace:
     def grid_size(self) -> int:
         return math.prod(len(d.values) for d in self.swept if d.kind == "grid")
 
+    @property
+    def total_trials(self) -> int:
+        """How many trials the sweep runs: each grid point num_samples times, or num_samples."""
+        return self.grid_size * self.num_samples if self.algorithm == "grid" else self.num_samples
+
     def to_dict(self) -> dict[str, Any]:
         """The space as a plain YAML-able mapping (what a sweep stores to detect changes)."""
         return {"name": self.name, "description": self.description, "fixed": dict(self.fixed),

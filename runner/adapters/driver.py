@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -172,21 +173,26 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
                                    name="tune", storage_path=sweep.storage.uri(*sweep.folder), verbose=0,
                                    failure_config=tune.FailureConfig(max_failures=sweep.space.max_failures),
                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks))
-        results = tuner.fit()
+        with _without_tunes_restore_hint():
+            results = tuner.fit()
         errors = [str(r.error) for r in _each(results) if r.error is not None]
+        # Tune ends fit() early, state saved, on a Ctrl-C (SIGINT): trials are left unended
+        ended = sum(r.error is not None or (r.metrics or {}).get("phase") in (FINAL, DIVERGED) for r in _each(results))
+        interrupted = ended < sweep.space.total_trials
         errors += [f"trial {r.metrics.get('trial_id')} stopped: {r.metrics.get('error')}" for r in _each(results)
                    if r.error is None and r.metrics and r.metrics.get("phase") == DIVERGED]
         try:
             sync_results(tracker, sweep.space, results)
             tracker.log_stage_totals(*stage_totals(results))
-            tracker.finish("FAILED" if errors and len(errors) == len(results) else "FINISHED")
+            tracker.finish("KILLED" if interrupted else "FAILED" if errors and len(errors) == len(results)
+                           else "FINISHED")
         except Exception as exc:  # noqa: BLE001 - MLflow unreachable: the storage keeps everything
             log.warning("MLflow is unreachable at the end of the sweep (%s); `dcsweep resume %s` logs the "
                         "results kept in the sweep storage", str(exc).splitlines()[0][:200], sweep.name)
     except BaseException as exc:
         if not (is_full(exc) or uploads.FULL_WRITES):
-            with contextlib.suppress(Exception):
-                tracker.finish("FAILED")
+            with contextlib.suppress(Exception):  # a second Ctrl-C: stopped by its user, not failed
+                tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         raise _stopped_full(tracker, sweep) from exc
     if uploads.FULL_WRITES:  # Tune's last save of its state did not fit: resume needs it
@@ -195,7 +201,28 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
     return tracker, {"name": sweep.name, "storage": str(sweep.storage), "tracking_uri": sweep.tracking_uri,
                      "experiment_id": tracker.experiment_id, "parent_run_id": tracker.parent_id,
                      "errors": errors, "stages": {"computed": computed, "reused": reused,
-                                                  "trial_seconds_saved": saved}}, results
+                                                  "trial_seconds_saved": saved},
+                     "interrupted": interrupted, "trials_ended": ended,
+                     "trials_total": sweep.space.total_trials}, results
+
+
+class _DropRestoreHint(logging.Filter):
+    """Tune's advice after a Ctrl-C names its own Python API (``Tuner.restore(...)``); the CLI
+    prints the command that resumes a dcsweep sweep instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_tunes_restore_hint() -> Iterator[None]:
+    hint = _DropRestoreHint()
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(hint)
+    try:
+        yield
+    finally:
+        tune_log.removeFilter(hint)
 
 
 def _stopped_full(tracker: SweepTracker, sweep: Sweep) -> Exception:

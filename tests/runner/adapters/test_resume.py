@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -104,6 +105,48 @@ def test_sigkilled_sweep_resumes_without_losing_or_repeating_work(store) -> None
     assert 7 <= resumed["stages"]["computed"] <= 9 and resumed["stages"]["computed"] + resumed["stages"]["reused"] == 18
     keys = {(r.data.tags["dcsweep.stage.pruned"], r.data.tags["dcsweep.stage.shared"]) for r in runs}
     assert {p for p, _ in keys} == set(stages["pruned"]) and {s for _, s in keys} == set(stages["shared"])
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_killed_with_the_command_that_resumes_it(store) -> None:
+    """A terminal's Ctrl-C (SIGINT to the driver and everything it started): the table, exit
+    130, the parent KILLED and no run left RUNNING, the resume command as the last line; the
+    resumed sweep finishes the same front, its parent FINISHED again."""
+    folder, storage, whole = store
+    tune_dir = storage / "sweeps" / "ctrlc" / "tune"
+    proc = subprocess.Popen([sys.executable, "-m", "dcsweep.runner.cli", "run", str(folder / "space.yaml"), "--name",
+                             "ctrlc", "--storage", str(storage), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # once a trial finished and others run
+            rows = [trial_rows(d) for d in tune_dir.glob("trial_*")]
+            if sum(bool(r) and r[-1]["phase"] == "final" for r in rows) >= 1 and any(
+                    r and r[-1]["phase"] != "final" for r in rows):
+                break
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        kill([proc.pid, *children(proc.pid)])
+    assert proc.returncode == 130, err[-3000:]
+    result = json.loads(out)
+    assert result["interrupted"] and 1 <= result["trials_ended"] < result["trials_total"] == 6
+    assert err.strip().splitlines()[-1].endswith(f"continue with: dcsweep resume ctrlc --storage {storage}")
+    assert "Tuner.restore" not in err  # Ray's advice names its Python API, not ours
+    uri = whole["tracking_uri"]
+    client = MlflowClient(uri)
+    runs = child_runs(uri, "ctrlc")
+    parent_id = runs[0].data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent_id).info.status == "KILLED"
+    assert "RUNNING" not in {r.info.status for r in runs}
+
+    with cli("resume", "ctrlc", "--storage", str(storage), "--json") as again:
+        resumed = finish(again)
+    assert not resumed["interrupted"] and len(resumed["trials"]) == 6 and front(resumed) == front(whole)
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert {r.info.status for r in child_runs(uri, "ctrlc")} == {"FINISHED"}
 
 
 def _faulted(store: tuple, name: str, fault: str) -> tuple[dict, Path]:
