@@ -97,7 +97,7 @@ class MlflowCallback(tune.Callback):
 
 def trial_run(tracker: SweepTracker, space: SearchSpace, trial_id: str, config: Mapping[str, Any]) -> str:
     params = CycleConfig.from_dict(config).to_dict()
-    name = f"{trial_id}: {label(_swept(space, config))}".strip(": ")
+    name = f"{label(_swept(space, config))} {trial_id}".strip()  # the settings first: what a table shows
     return tracker.trial_run(trial_id, params, name)
 
 

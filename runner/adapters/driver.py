@@ -147,6 +147,8 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
     tracker = SweepTracker(client.result(), sweep.name, artifacts if local else None,
                            params={"space": sweep.space.name, "algorithm": sweep.space.algorithm,
                                    "smoke_test": sweep.smoke})
+    tracker.swept = tuple(d.name for d in sweep.space.swept)
+    tracker.describe(sweep.space.description)
     if not sweep.resume:
         write_sweep_files(sweep)
     register_tracker(tracker)

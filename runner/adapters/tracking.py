@@ -70,6 +70,13 @@ class SweepTracker:
         self._tables: set[str] = set()  # sensitivity tables logged on the parent by this driver
         self._finished_count = 0  # finished trials: the step of the front's summary
         self._reference: float | None = None  # the dense model's bytes: the hypervolume's reference point
+        self._best = _Best()  # the parent's summary of every finished trial, kept as they finish
+        self.swept: tuple[str, ...] = ()  # the settings the space sweeps: pareto.csv's first columns
+
+    def describe(self, text: str) -> None:
+        """The experiment's description in the UI (its note): the space's."""
+        if text.strip():
+            self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", text.strip())
 
     def _search(self, query: str) -> list[Run]:
         return list(search_all(self.client, self.experiment_id, query))
@@ -180,18 +187,24 @@ class SweepTracker:
         self._finished_count += 1
         self._reference = float(result.encoded.dense_bytes)
         final = result.metrics(FINAL)
+        self._best.add(final.get("val_accuracy"), final.get("val_accuracy_dense"), final.get(RATIO_METRIC))
         point = None if final.get("val_accuracy") is None else (  # from before the validation split: never on it
             float(final["val_accuracy"]), int(final["compressed_bytes"]))
         if point is None or any(dominates(other, point) for other in self._front.values()):
-            self.client.set_tag(run_id, PARETO_TAG, "false")
+            self._flag(run_id, False)
         else:
             for other, where in list(self._front.items()):
                 if dominates(point, where):
-                    self.client.set_tag(other, PARETO_TAG, "false")
+                    self._flag(other, False)
                     del self._front[other]
             self._front[run_id] = point
-            self.client.set_tag(run_id, PARETO_TAG, "true")
+            self._flag(run_id, True)
         self._log_summary()
+
+    def _flag(self, run_id: str, optimal: bool) -> None:
+        """``pareto_optimal`` as a tag (to filter by) and a 0/1 metric (to colour charts by)."""
+        self.client.log_batch(run_id, metrics=[Metric(PARETO_TAG, float(optimal), int(time.time() * 1000), 0)],
+                              tags=[RunTag(PARETO_TAG, str(optimal).lower())])
 
     def _log_summary(self) -> None:
         """``hypervolume`` (of the front on validation accuracy and bytes, reference point
@@ -202,8 +215,8 @@ class SweepTracker:
             return
         now, step = int(time.time() * 1000), self._finished_count
         volume = hypervolume(list(self._front.values()), self._reference)
-        self.client.log_batch(self.parent_id, metrics=[Metric("hypervolume", volume, now, step),
-                                                       Metric("front_size", len(self._front), now, step)])
+        summary = {"hypervolume": volume, "front_size": len(self._front), "trials": step, **self._best.metrics()}
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, step) for k, v in summary.items()])
 
     def fail_trial(self, trial_id: str, error: str) -> None:
         run_id = self._runs.get(trial_id)
@@ -231,21 +244,45 @@ class SweepTracker:
         rows = list(_finished(self.client, self.experiment_id))
         tags = {trial.run_id: run.data.tags.get(PARETO_TAG) for run, trial in rows}
         trials = mark_front([trial for _, trial in rows])
+        self._best = _Best()
+        for run, _ in rows:
+            m = run.data.metrics
+            self._best.add(m.get("val_accuracy"), m.get("val_accuracy_dense"), m.get(RATIO_METRIC))
         self._front = {t.run_id: (t.val_accuracy, t.compressed_bytes) for t in trials
                        if t.pareto_optimal and t.run_id and t.val_accuracy is not None}
         self._finished_count = len(trials)
         self._reference = next((t.ratio * t.compressed_bytes for t in trials if t.ratio), self._reference)
         self._log_summary()
         for t in trials:
-            flag = str(t.pareto_optimal).lower()
-            if tags[t.run_id] != flag and t.run_id is not None:
-                self.client.set_tag(t.run_id, PARETO_TAG, flag)
+            if tags[t.run_id] != str(t.pareto_optimal).lower() and t.run_id is not None:
+                self._flag(t.run_id, t.pareto_optimal)
         if trials and artifacts:
             with tempfile.TemporaryDirectory() as tmp:
-                self.client.log_artifact(self.parent_id, str(write_csv(Path(tmp) / "pareto.csv", trials)))
+                csv = write_csv(Path(tmp) / "pareto.csv", trials, first=self.swept)
+                self.client.log_artifact(self.parent_id, str(csv))
                 png = write_png(Path(tmp) / "pareto.png", trials, f"{self.name}: accuracy vs size")
                 self.client.log_artifact(self.parent_id, str(png))
         return trials
+
+
+class _Best:
+    """The parent's summary, kept as trials finish: the best validation accuracy, and the
+    largest ratio of a trial within one point of the dense model's validation accuracy."""
+
+    def __init__(self) -> None:
+        self.val_accuracy: float | None = None
+        self.ratio_within_1pt: float | None = None
+
+    def add(self, val_accuracy: float | None, dense_val_accuracy: float | None, ratio: float | None) -> None:
+        if val_accuracy is None:
+            return
+        self.val_accuracy = max(val_accuracy, self.val_accuracy or 0.0)
+        if dense_val_accuracy is not None and ratio and val_accuracy >= dense_val_accuracy - 0.01:
+            self.ratio_within_1pt = max(ratio, self.ratio_within_1pt or 0.0)
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in (("best_val_accuracy", self.val_accuracy),
+                                  ("best_ratio_within_1pt", self.ratio_within_1pt)) if v is not None}
 
 
 def open_client(tracking_uri: str) -> MlflowClient:

@@ -55,15 +55,19 @@ def mark_front(trials: Sequence[Trial]) -> list[Trial]:
     return sorted(marked, key=lambda t: t.compressed_bytes)
 
 
-def write_csv(path: Path, trials: Sequence[Trial]) -> Path:
-    keys = sorted({k for t in trials for k in t.params})
+def write_csv(path: Path, trials: Sequence[Trial], first: Sequence[str] = ()) -> Path:
+    """One row per trial, smallest first: the ``first`` settings (the swept ones), the Pareto
+    flag and the figures, then the run id and every other setting (what a preview shows first
+    is what tells trials apart)."""
+    first = [k for k in first if any(k in t.params for t in trials)]
+    rest = sorted({k for t in trials for k in t.params} - set(first))
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run_id", "accuracy", "val_accuracy", "compressed_bytes", "ratio", "pareto_optimal", *keys])
+        writer.writerow([*first, "pareto_optimal", "val_accuracy", "accuracy", "compressed_bytes", "ratio", "run_id",
+                         *rest])
         for t in sorted(trials, key=lambda t: t.compressed_bytes):
-            writer.writerow([t.run_id, t.accuracy, t.val_accuracy, t.compressed_bytes, t.ratio,
-                             str(t.pareto_optimal).lower(),
-                             *(t.params.get(k, "") for k in keys)])
+            writer.writerow([*(t.params.get(k, "") for k in first), str(t.pareto_optimal).lower(), t.val_accuracy,
+                             t.accuracy, t.compressed_bytes, t.ratio, t.run_id, *(t.params.get(k, "") for k in rest)])
     return path
 
 

@@ -19,6 +19,7 @@ from ..helpers import free_port, ours_in_temp, served, trial_rows
 
 SPACE = """
 name: tiny
+description: a tiny sweep for the tests
 fixed: {model: lenet300, dataset: digits, epochs: 3, prune_steps: 1, prune_epochs: 2, share_epochs: 1}
 swept:
   sparsity: {grid: [0.5, 0.9, 0.97]}
@@ -74,6 +75,33 @@ def test_pareto_tags_match_an_independent_front_on_validation_accuracy(swept) ->
         dominated = any(a >= acc and s <= size and (a > acc or s < size) for a, s in points)
         assert run.data.tags["pareto_optimal"] == ("false" if dominated else "true")
     assert pareto_mask([0.9, 0.8, 0.9], [10, 5, 12]) == [True, True, False]
+
+
+def test_what_the_mlflow_ui_shows_first(swept, tmp_path: Path) -> None:
+    """Run names lead with the settings, the flag is a 0/1 metric too (charts colour by it), the
+    experiment carries the space's description, the parent a summary, and pareto.csv leads
+    with the swept settings and the flag."""
+    result, _, _ = swept
+    client = MlflowClient(result["tracking_uri"])
+    exp = client.get_experiment_by_name("tiny-1")
+    assert exp.tags["mlflow.note.content"] == "a tiny sweep for the tests"
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("dcsweep.role") == "parent")
+    children = [r for r in runs if r.data.tags.get("dcsweep.role") == "child"]
+    for run in children:
+        p = run.data.params
+        assert run.info.run_name.startswith(f"s={p['sparsity']} k={p['k']} ")
+        assert run.data.metrics["pareto_optimal"] == (1.0 if run.data.tags["pareto_optimal"] == "true" else 0.0)
+    m = parent.data.metrics
+    vals = [r.data.metrics["val_accuracy"] for r in children]
+    assert m["trials"] == 6 and m["front_size"] == sum(r.data.tags["pareto_optimal"] == "true" for r in children)
+    assert m["best_val_accuracy"] == max(vals)
+    within = [r.data.metrics["compression_ratio"] for r in children
+              if r.data.metrics["val_accuracy"] >= r.data.metrics["val_accuracy_dense"] - 0.01]
+    assert m.get("best_ratio_within_1pt") == (max(within) if within else None)
+    csv = Path(client.download_artifacts(parent.info.run_id, "pareto.csv", str(tmp_path)))
+    header = csv.read_text().splitlines()[0]
+    assert header.startswith("sparsity,k,pareto_optimal,val_accuracy,accuracy,compressed_bytes,ratio,run_id,")
 
 
 ALLOCATED = """
