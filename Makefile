@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: test lint run bench clean
+.PHONY: test lint run ui bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 STORAGE ?= $(CURDIR)/runs
 run: $(VENV)/.installed
 	$(VENV)/bin/dcsweep run lenet300-digits --storage $(STORAGE)
+
+# The MLflow UI on the sweeps `make run` left in $(STORAGE), on http://127.0.0.1:5000.
+ui: $(VENV)/.installed
+	$(VENV)/bin/dcsweep ui --storage $(STORAGE)
 
 test: lint
 	@# pytest exits 5 when it collected nothing; that is not a failure of the code.

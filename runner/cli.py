@@ -15,9 +15,11 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import threading
 import traceback
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -359,17 +361,44 @@ def _drive(sweep: Sweep) -> dict[str, Any]:
         result["resume"] = _resume_command(sweep)
 
     if sweep.storage.local and sweep.tracking_uri == default_tracking_uri(sweep.storage):
-        result["ui"] = f"dcsweep ui --storage {sweep.storage}"
+        result["ui"] = shlex.join([*_program(), "ui", "--storage", str(sweep.storage)])
+        base = "http://127.0.0.1:5000"
     elif sweep.tracking_uri.startswith("sqlite:"):
-        result["ui"] = f"dcsweep ui --tracking-uri {sweep.tracking_uri}"
+        result["ui"] = shlex.join([*_program(), "ui", "--tracking-uri", sweep.tracking_uri])
+        base = "http://127.0.0.1:5000"
     else:  # a tracking server serves its own UI
         result["ui"] = f"open {sweep.tracking_uri}"
+        base = sweep.tracking_uri.rstrip("/")
+    if result.get("experiment_id"):
+        result["front_url"] = front_url(base, result["experiment_id"])
     return result
+
+
+def front_url(base: str, experiment_id: str) -> str:
+    """The sweep's runs table in MLflow's UI: the machine-learning view, the Pareto front only,
+    smallest first."""
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", "searchFilter": "tags.pareto_optimal = 'true'",
+                                    "orderByKey": "metrics.`compressed_bytes`", "orderByAsc": "true"},
+                                   quote_via=urllib.parse.quote)
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def _program() -> list[str]:
+    """How to run this dcsweep again from a fresh shell, as the commands it prints say:
+    ``dcsweep`` when that is on PATH and is this one, else this one's own path (a virtual
+    environment's bin folder is on no fresh shell's PATH)."""
+    script = Path(sys.argv[0])
+    if script.name != "dcsweep":  # python -m dcsweep.runner.cli
+        return [sys.executable, "-m", "dcsweep.runner.cli"]
+    found = shutil.which("dcsweep")
+    if found and Path(found).resolve() == script.resolve():
+        return ["dcsweep"]
+    return [str(script.resolve())]
 
 
 def _resume_command(sweep: Sweep) -> str:
     """The command that continues ``sweep`` (its saved space and tracking store come with it)."""
-    command = ["dcsweep", "resume", sweep.name, "--storage", str(sweep.storage)]
+    command = [*_program(), "resume", sweep.name, "--storage", str(sweep.storage)]
     if sweep.address:
         command += ["--address", sweep.address]
     return shlex.join(command)
@@ -459,6 +488,8 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
             print(f"{len(result['errors'])} trial(s) failed; see the MLflow runs tagged 'error'")
         if "ui" in result:
             print(f"MLflow UI: {result['ui']}")
+        if "front_url" in result:
+            print(f"the front: {result['front_url']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

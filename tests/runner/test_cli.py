@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -222,6 +223,29 @@ def test_every_option_of_every_subcommand_has_help() -> None:
     undocumented = [f"{name} {a.option_strings or a.dest}" for name, parser in sub.choices.items()
                     for a in parser._actions if not a.help and not isinstance(a, argparse._HelpAction)]
     assert undocumented == []
+
+
+def test_printed_commands_name_a_program_a_fresh_shell_finds(tmp_path: Path) -> None:
+    """`make run` calls .venv/bin/dcsweep from a shell whose PATH lacks .venv/bin: the command it
+    prints must not say a bare `dcsweep` there, and must say it where PATH has this one."""
+    script = Path(sys.executable).parent / "dcsweep"
+    code = "import sys; from dcsweep.runner.cli import _program; sys.argv[0] = sys.argv[1]; print(_program())"
+    for path, expected in ((os.defpath, [str(script.resolve())]), (f"{script.parent}:{os.defpath}", ["dcsweep"])):
+        done = subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True, text=True,
+                              env={**os.environ, "PATH": path})
+        assert done.stdout.strip() == repr(expected), done.stderr
+
+
+def test_the_front_url_opens_the_runs_table_filtered_to_the_front_smallest_first() -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from dcsweep.runner.cli import front_url
+
+    url = front_url("http://127.0.0.1:5000", "7")
+    assert url.startswith("http://127.0.0.1:5000/#/experiments/7/runs?")
+    query = parse_qs(urlsplit(url).fragment.split("?", 1)[1])
+    assert query == {"workflowType": ["machine_learning"], "searchFilter": ["tags.pareto_optimal = 'true'"],
+                     "orderByKey": ["metrics.`compressed_bytes`"], "orderByAsc": ["true"]}
 
 
 def test_the_quick_exit_runs_exit_handlers_and_flushes(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -133,7 +134,10 @@ def test_ctrl_c_stops_the_sweep_killed_with_the_command_that_resumes_it(store) -
     assert proc.returncode == 130, err[-3000:]
     result = json.loads(out)
     assert result["interrupted"] and 1 <= result["trials_ended"] < result["trials_total"] == 6
-    assert err.strip().splitlines()[-1].endswith(f"continue with: dcsweep resume ctrlc --storage {storage}")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dcsweep: interrupted: ") and last.endswith(f" resume ctrlc --storage {storage}")
+    resume = shlex.split(last.split("continue with: ")[1])
+    assert resume == result["resume"].split() and resume[:3] == [sys.executable, "-m", "dcsweep.runner.cli"]
     assert "Tuner.restore" not in err  # Ray's advice names its Python API, not ours
     uri = whole["tracking_uri"]
     client = MlflowClient(uri)
@@ -142,7 +146,7 @@ def test_ctrl_c_stops_the_sweep_killed_with_the_command_that_resumes_it(store) -
     assert client.get_run(parent_id).info.status == "KILLED"
     assert "RUNNING" not in {r.info.status for r in runs}
 
-    with cli("resume", "ctrlc", "--storage", str(storage), "--json") as again:
+    with cli(*resume[3:], "--json") as again:  # the command as printed
         resumed = finish(again)
     assert not resumed["interrupted"] and len(resumed["trials"]) == 6 and front(resumed) == front(whole)
     assert client.get_run(parent_id).info.status == "FINISHED"
