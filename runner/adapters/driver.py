@@ -240,7 +240,10 @@ def _final_trials(tracker: SweepTracker, sweep: Sweep, results: tune.ResultGrid,
     """The trials with the Pareto front, from MLflow (logging pareto.csv/png on the parent), or
     from Tune's results when MLflow is unreachable."""
     try:
-        return tracker.update_pareto()
+        trials = tracker.update_pareto()
+        if tracker.registered:
+            outcome["registered_model"] = {"name": tracker.name, "aliases": tracker.registered}
+        return trials
     except Exception:  # noqa: BLE001 - MLflow unreachable: the front from the sweep storage
         outcome["mlflow_pending"] = True
         done = [(r.config or {}, r.metrics) for r in _each(results)

@@ -26,11 +26,14 @@ from dcsweep.runner.cycle.pareto import dominates, hypervolume, mark_front, writ
 from dcsweep.runner.cycle.results import RATIO_METRIC
 from dcsweep.runner.cycle.run import SENSITIVITY_DIR
 
+from . import pyfunc
+
 log = logging.getLogger("dcsweep")
 ROLE, SWEEP, TRIAL = "dcsweep.role", "dcsweep.sweep", "dcsweep.trial_id"
 STAGE_TAG = "dcsweep.stage"  # dcsweep.stage.pruned = the key of the pruned stage a trial used
 PARENT_TAG = "mlflow.parentRunId"
 PARETO_TAG = "pareto_optimal"
+PYFUNC_TAG = "dcsweep.model"  # on a child run that logged its MLflow model (artifact path `model`)
 #: Runs asked of MLflow per call; every search pages through all of them.
 PAGE_SIZE = 1000
 
@@ -72,6 +75,7 @@ class SweepTracker:
         self._reference: float | None = None  # the dense model's bytes: the hypervolume's reference point
         self._best = _Best()  # the parent's summary of every finished trial, kept as they finish
         self.swept: tuple[str, ...] = ()  # the settings the space sweeps: pareto.csv's first columns
+        self.registered: dict[str, int] = {}  # alias -> version of the registered front, once made
 
     def describe(self, text: str) -> None:
         """The experiment's description in the UI (its note): the space's."""
@@ -159,6 +163,9 @@ class SweepTracker:
                     self.client.log_artifacts(run_id, str(path), path.name)
                 elif path.is_file():
                     self.client.log_artifact(run_id, str(path))
+                    if path.suffix == ".dcz":  # and as an MLflow model that decodes it
+                        pyfunc.log_model(self.client, run_id, path, Path(tmp))
+                        self.client.set_tag(run_id, PYFUNC_TAG, pyfunc.ARTIFACT_PATH)
         if result and allocation:
             self._log_allocation(run_id, result, files)
         self.client.set_terminated(run_id, "FINISHED")
@@ -248,6 +255,7 @@ class SweepTracker:
         for run, _ in rows:
             m = run.data.metrics
             self._best.add(m.get("val_accuracy"), m.get("val_accuracy_dense"), m.get(RATIO_METRIC))
+        with_model = {trial.run_id for run, trial in rows if PYFUNC_TAG in run.data.tags}
         self._front = {t.run_id: (t.val_accuracy, t.compressed_bytes) for t in trials
                        if t.pareto_optimal and t.run_id and t.val_accuracy is not None}
         self._finished_count = len(trials)
@@ -262,6 +270,11 @@ class SweepTracker:
                 self.client.log_artifact(self.parent_id, str(csv))
                 png = write_png(Path(tmp) / "pareto.png", trials, f"{self.name}: accuracy vs size")
                 self.client.log_artifact(self.parent_id, str(png))
+            front = [t for t in trials if t.pareto_optimal and t.run_id in with_model]
+            try:
+                self.registered = pyfunc.register_front(self.client, self.name, front, self._best.dense_val_accuracy)
+            except MlflowException as exc:  # the runs, tags and front stand without it
+                log.warning("registering the front of %s as a model failed: %s", self.name, exc)
         return trials
 
 
@@ -272,8 +285,11 @@ class _Best:
     def __init__(self) -> None:
         self.val_accuracy: float | None = None
         self.ratio_within_1pt: float | None = None
+        self.dense_val_accuracy: float | None = None  # the same for every trial of a sweep
 
     def add(self, val_accuracy: float | None, dense_val_accuracy: float | None, ratio: float | None) -> None:
+        if dense_val_accuracy is not None:
+            self.dense_val_accuracy = dense_val_accuracy
         if val_accuracy is None:
             return
         self.val_accuracy = max(val_accuracy, self.val_accuracy or 0.0)

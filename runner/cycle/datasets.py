@@ -62,6 +62,7 @@ class InMemory:
     def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled (with ``generator``) or in order (without); the last batch may be short."""
+        device = torch.device(device)  # a name ("cpu") too
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
         images, labels = self.on(device)
         order = order.to(images.device)  # one copy an epoch, not one a batch

@@ -151,6 +151,10 @@ def test_ctrl_c_stops_the_sweep_killed_with_the_command_that_resumes_it(store) -
     assert not resumed["interrupted"] and len(resumed["trials"]) == 6 and front(resumed) == front(whole)
     assert client.get_run(parent_id).info.status == "FINISHED"
     assert {r.info.status for r in child_runs(uri, "ctrlc")} == {"FINISHED"}
+    # the front registered after each run of the driver, each trial once
+    registered = [v.run_id for v in client.search_model_versions("name = 'ctrlc'")]
+    assert len(registered) == len(set(registered))
+    assert {t["run_id"] for t in resumed["trials"] if t["pareto_optimal"]} <= set(registered)
 
 
 def _faulted(store: tuple, name: str, fault: str) -> tuple[dict, Path]:

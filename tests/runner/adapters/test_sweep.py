@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,55 @@ def test_what_the_mlflow_ui_shows_first(swept, tmp_path: Path) -> None:
     csv = Path(client.download_artifacts(parent.info.run_id, "pareto.csv", str(tmp_path)))
     header = csv.read_text().splitlines()[0]
     assert header.startswith("sparsity,k,pareto_optimal,val_accuracy,accuracy,compressed_bytes,ratio,run_id,")
+
+
+LOAD_AND_SCORE = """
+import json, sys
+import mlflow.pyfunc
+import numpy as np
+from dcsweep.runner.cycle import load_dataset
+
+mlflow.set_tracking_uri(sys.argv[1])
+test = load_dataset("digits").test
+x, y = zip(*test.batches(len(test), "cpu"))
+scores = {}
+for uri in sys.argv[2:]:
+    model = mlflow.pyfunc.load_model(uri)
+    scores[uri] = float((model.predict(x[0].numpy()).argmax(1) == y[0].numpy()).mean())
+print(json.dumps({"scores": scores, "runner": "dcsweep.runner.cycle.run" in sys.modules}))
+"""
+
+
+def _load_and_score(tracking_uri: str, *uris: str) -> dict[str, float]:
+    """Each model URI loaded through MLflow in a fresh interpreter, scored on digits' test part."""
+    done = subprocess.run([sys.executable, "-c", LOAD_AND_SCORE, tracking_uri, *uris], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])["scores"]
+
+
+def test_every_trial_is_an_mlflow_model_and_the_front_is_registered_with_aliases(swept) -> None:
+    result, _, _ = swept
+    uri = result["tracking_uri"]
+    client = MlflowClient(uri)
+    trials = {t["run_id"]: t for t in result["trials"]}
+    front = {r for r, t in trials.items() if t["pareto_optimal"]}
+    registered = result["registered_model"]
+    assert registered["name"] == "tiny-1" and set(registered["aliases"]) >= {"best"}
+    versions = client.search_model_versions("name = 'tiny-1'")
+    assert sorted(v.run_id for v in versions) == sorted(front)  # the front, each trial once
+    for v in versions:
+        t = trials[v.run_id]
+        assert (float(v.tags["val_accuracy"]), int(v.tags["compressed_bytes"])) == (t["val_accuracy"],
+                                                                                    t["compressed_bytes"])
+    best = max(front, key=lambda r: (trials[r]["val_accuracy"], -trials[r]["compressed_bytes"]))
+    assert client.get_model_version_by_alias("tiny-1", "best").run_id == best
+    some = sorted(trials)[0]
+    aliases = [f"models:/tiny-1@{a}" for a in registered["aliases"]]
+    scores = _load_and_score(uri, f"runs:/{some}/model", *aliases)
+    assert scores[f"runs:/{some}/model"] == trials[some]["accuracy"]  # the decoded network, as logged
+    for alias in registered["aliases"]:
+        run_id = client.get_model_version_by_alias("tiny-1", alias).run_id
+        assert scores[f"models:/tiny-1@{alias}"] == trials[run_id]["accuracy"]
 
 
 ALLOCATED = """
@@ -260,8 +311,13 @@ def test_sweep_against_a_tracking_server(ray_local, mlflow_server, tmp_path: Pat
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     names = {a.path for a in client.list_artifacts(children[0].info.run_id)}
     assert {"model.dcz", "layers.json", "plots"} <= names
-    stored = list(artifacts.rglob("model.dcz"))
+    stored = list(artifacts.rglob("artifacts/model.dcz"))
     assert len(stored) == 2  # the server holds the artifacts, proxied through HTTP
+    aliases = out["registered_model"]["aliases"]
+    scores = _load_and_score(url, *(f"models:/served@{a}" for a in aliases))
+    by_run = {t["run_id"]: t["accuracy"] for t in out["trials"]}
+    for alias in aliases:
+        assert scores[f"models:/served@{alias}"] == by_run[client.get_model_version_by_alias("served", alias).run_id]
     local = client.download_artifacts(children[0].info.run_id, "model.dcz", str(tmp_path))
     assert load_compressed(local) is not None
     assert main(["pareto", "served", "--tracking-uri", url]) == 0
