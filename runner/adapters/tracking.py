@@ -268,7 +268,8 @@ class SweepTracker:
             with tempfile.TemporaryDirectory() as tmp:
                 csv = write_csv(Path(tmp) / "pareto.csv", trials, first=self.swept)
                 self.client.log_artifact(self.parent_id, str(csv))
-                png = write_png(Path(tmp) / "pareto.png", trials, f"{self.name}: accuracy vs size")
+                png = write_png(Path(tmp) / "pareto.png", trials, f"{self.name}: accuracy vs size",
+                                self._best.dense_val_accuracy, self._reference)
                 self.client.log_artifact(self.parent_id, str(png))
             front = [t for t in trials if t.pareto_optimal and t.run_id in with_model]
             try:

@@ -71,31 +71,79 @@ def write_csv(path: Path, trials: Sequence[Trial], first: Sequence[str] = ()) ->
     return path
 
 
-def write_png(path: Path, trials: Sequence[Trial], title: str) -> Path:
+def write_png(path: Path, trials: Sequence[Trial], title: str, dense_accuracy: float | None = None,
+              dense_bytes: float | None = None) -> Path:
+    """The front as the parent's pareto.png (see :func:`front_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = front_figure(trials, title, dense_accuracy, dense_bytes)
+    fig.savefig(path, dpi=fig.dpi)
+    plt.close(fig)
+    return path
+
+
+#: Where a front point's label may go, tried in order (points from the point; left-aligned
+#: labels go right of it, right-aligned ones left): the first place that overlaps no label
+#: already placed and stays inside the axes wins; a point with none goes unlabelled.
+LABEL_PLACES = ((4, 3, "left"), (4, -10, "left"), (-4, 3, "right"), (-4, -10, "right"), (4, 11, "left"),
+                (-4, 11, "right"), (4, -18, "left"), (-4, -18, "right"))
+
+
+def front_figure(trials: Sequence[Trial], title: str, dense_accuracy: float | None = None,
+                 dense_bytes: float | None = None) -> Any:
+    """Validation accuracy (what the front is marked on) against bytes on a log axis: every
+    trial in grey, the front in red with its settings as labels that never overlap, the dense
+    model's accuracy as a line in a band of +-1 point, and the compression ratio on the top axis
+    when the dense model's bytes are known. Readable at any number of trials."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    # the axis the front is marked on: validation accuracy
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     shown = [(t, p) for t in trials if (p := selection_point(t)) is not None]
     others = [p for t, p in shown if not t.pareto_optimal]
-    front = sorted((p for t, p in shown if t.pareto_optimal), key=lambda p: p[1])
-    ax.scatter([p[1] for p in others], [p[0] for p in others], c="tab:gray", label="trials")
-    ax.step([p[1] for p in front], [p[0] for p in front], where="post", c="tab:red")
-    ax.scatter([p[1] for p in front], [p[0] for p in front], c="tab:red", label="Pareto front", zorder=3)
-    for t, (accuracy, size) in shown:
-        ax.annotate(label(t.params), (size, accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front = sorted(((t, p) for t, p in shown if t.pareto_optimal), key=lambda tp: tp[1][1])
+    ax.scatter([p[1] for p in others], [p[0] for p in others], s=8, c="tab:gray", alpha=0.5, linewidths=0,
+               label=f"trials ({len(shown)})")
+    ax.step([p[1] for _, p in front], [p[0] for _, p in front], where="post", c="tab:red", lw=1)
+    ax.scatter([p[1] for _, p in front], [p[0] for _, p in front], s=18, c="tab:red", zorder=3,
+               label=f"Pareto front ({len(front)})")
+    if dense_accuracy is not None:
+        ax.axhline(dense_accuracy, c="tab:blue", lw=1, label=f"dense {dense_accuracy:.4f}")
+        ax.axhspan(dense_accuracy - 0.01, dense_accuracy + 0.01, color="tab:blue", alpha=0.1, label="dense +-1 pt")
     ax.set_xscale("log")
     ax.set_xlabel("compressed size (bytes, log scale)")
     ax.set_ylabel("validation top-1 accuracy")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    if dense_bytes:
+        def ratio(x: Any) -> Any:  # bytes <-> ratio, its own inverse; never 0 (matplotlib probes the ends)
+            import numpy as np
+
+            return dense_bytes / np.maximum(x, 1e-12)
+
+        top = ax.secondary_xaxis("top", functions=(ratio, ratio))
+        top.set_xlabel("compression ratio (x)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()  # before the labels: placing them needs the final layout
+    _label_front(fig, ax, front)
+    return fig
+
+
+def _label_front(fig: Any, ax: Any, front: Sequence[tuple[Trial, tuple[float, int]]]) -> None:
+    renderer = fig.canvas.get_renderer()
+    area = ax.get_window_extent(renderer)
+    taken = [ax.get_legend().get_window_extent(renderer)]
+    for t, (accuracy, size) in front:
+        for dx, dy, align in LABEL_PLACES:
+            text = ax.annotate(label(t.params), (size, accuracy), xytext=(dx, dy), textcoords="offset points",
+                               fontsize=7, ha=align, va="bottom")
+            box = text.get_window_extent(renderer)
+            inside = area.x0 <= box.x0 and box.x1 <= area.x1 and area.y0 <= box.y0 and box.y1 <= area.y1
+            if inside and not any(box.overlaps(other) for other in taken):
+                taken.append(box)
+                break
+            text.remove()
 
 
 def label(params: Mapping[str, Any]) -> str:
