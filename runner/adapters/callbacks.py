@@ -138,11 +138,16 @@ def sync_results(tracker: SweepTracker, space: SearchSpace, results: Any) -> Non
 
 
 class ProgressCallback(tune.Callback):
-    """A line per finished phase on stderr instead of Ray's full table."""
+    """A line per finished phase on stderr instead of Ray's full table: trials ended of the
+    sweep's total (known from the start), an estimate of the time left, and after each trial a
+    one-line summary of the front so far (on validation accuracy)."""
 
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
+        self.total = space.total_trials
+        self.start = time.monotonic()
         self.finished: dict[str, tuple[float, float]] = {}  # label -> (validation accuracy, bytes)
+        self.ended_before: int | None = None  # trials a resumed sweep had ended already
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         report = Report.from_metrics(result)
@@ -152,23 +157,42 @@ class ProgressCallback(tune.Callback):
             return
         if report.phase == FINAL and report.val_accuracy is not None and report.compressed_bytes:
             self.finished[name] = (report.val_accuracy, report.compressed_bytes)
-        done = sum(t.status == "TERMINATED" for t in trials)
-        running = sum(t.status == "RUNNING" for t in trials)
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        if self.ended_before is None:  # a resumed sweep's trials ended before this driver started
+            self.ended_before = done
+        done += report.phase == FINAL  # this trial ends with this report
+        running = sum(t.status == "RUNNING" for t in trials) - (report.phase == FINAL)
         size = f", {int(report.compressed_bytes):,} B" if report.compressed_bytes else ""
         if report.ratio is not None:
             size += f" ({report.ratio:.1f}x)"
         acc = "None" if report.accuracy is None else f"{report.accuracy:.4f}"
         if report.val_accuracy is not None:
             acc += f" (val {report.val_accuracy:.4f})"
-        sys.stderr.write(f"[{done}/{len(trials)} done, {running} running] {name}: {report.phase} "
+        sys.stderr.write(f"[{done}/{self.total} done, {running} running{self.eta(done)}] {name}: {report.phase} "
                          f"accuracy {acc}{size}\n")
         if report.phase == FINAL:
-            names = list(self.finished)
-            optimal = pareto_mask([self.finished[n][0] for n in names], [self.finished[n][1] for n in names])
-            front = sorted((self.finished[n][1], n) for n, o in zip(names, optimal, strict=True) if o)
-            sys.stderr.write("  front so far (on val accuracy): " + " | ".join(
-                f"{n} val {self.finished[n][0]:.4f} @ {b / 1024:.1f} KB" for b, n in front) + "\n")
+            sys.stderr.write(f"  {self.front_line()}\n")
         sys.stderr.flush()
+
+    def eta(self, done: int) -> str:
+        """``, ~3m left``: this driver's time per ended trial so far, times the trials left."""
+        new = done - (self.ended_before or 0)
+        if new <= 0 or done >= self.total:
+            return ""
+        left = (time.monotonic() - self.start) / new * (self.total - done)
+        return f", ~{left / 60:.0f}m left" if left >= 90 else f", ~{left:.0f}s left"
+
+    def front_line(self) -> str:
+        """The front so far in one short line: its size, its most accurate point, its smallest."""
+        names = list(self.finished)
+        optimal = pareto_mask([self.finished[n][0] for n in names], [self.finished[n][1] for n in names])
+        front = [n for n, o in zip(names, optimal, strict=True) if o]
+        best = max(front, key=lambda n: self.finished[n][0])
+        smallest = min(front, key=lambda n: self.finished[n][1])
+        line = f"front so far: {len(front)} of {len(names)} (val); best {best} {self.finished[best][0]:.4f}"
+        if smallest != best:
+            line += f"; smallest {smallest} {self.finished[smallest][1] / 1024:.1f} KB"
+        return line
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         sys.stderr.write(f"trial {trial.trial_id} ({label(_swept(self.space, trial.config))}) failed\n")

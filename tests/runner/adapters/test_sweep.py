@@ -302,9 +302,16 @@ def test_sweep_against_a_tracking_server(ray_local, mlflow_server, tmp_path: Pat
     (tmp_path / "two.yaml").write_text(SPACE.replace("[0.5, 0.9, 0.97]", "[0.9]"))
     code = main(["run", str(tmp_path / "two.yaml"), "--name", "served", "--storage", str(tmp_path / "store"),
                  "--tracking-uri", url, "--json"])
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert code == 0 and len(out["trials"]) == 2
     assert not (tmp_path / "store" / "mlflow.db").exists()  # nothing went to the local default
+    progress = [line for line in captured.err.splitlines() if line.startswith("[")]
+    assert progress and all(" done, " in line and line.startswith(("[0/2", "[1/2", "[2/2")) for line in progress)
+    assert progress[-1].startswith("[2/2 done")  # the total known from the first line on
+    assert any(" left] " in line for line in progress if line.startswith("[1/2"))  # an estimate once one ended
+    fronts = [line.strip() for line in captured.err.splitlines() if "front so far" in line]
+    assert len(fronts) == 2 and all(len(line) < 110 for line in fronts)
     client = MlflowClient(url)
     exp = client.get_experiment_by_name("served")
     children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("dcsweep.role") == "child"]
