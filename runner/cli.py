@@ -232,7 +232,7 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
         check_target(config)  # a ratio out of reach: exit 2 before any training
 
         stages = StageStore(_storage(args), phases=("dense", "sensitivity"))
-    result = run_cycle(config, output=output, plots=args.plots, progress=not args.json, stages=stages)
+    result = run_cycle(config, output=output, plots=args.plots, progress=True, stages=stages)  # on stderr
     return result.to_json()
 
 
@@ -262,7 +262,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     if table is None:
         load_dataset(config.dataset, config.data_root, config.download, config.image_size)  # DataError -> 2
         table, cached = sensitivity_table(config, stages=stages, sparsities=sparsities, ks=ks,
-                                          progress=not args.json)
+                                          progress=True)
     out = table.to_json()
     return {"layers": out["layers"], "seconds": time.perf_counter() - start, "cached": cached,
             "table_seconds": table.seconds, **{k: v for k, v in out.items() if k not in ("layers", "seconds")}}

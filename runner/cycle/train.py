@@ -57,23 +57,29 @@ class Schedule:
 
 
 class _Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
+    """Training progress on stderr when ``enabled``: a one-line bar on a terminal, else (a log
+    file, a pipe) one log line per epoch, so that a long run is never silent."""
 
     def __init__(self, label: str, total: int, enabled: bool) -> None:
-        self.label, self.total = label, total
-        self.enabled = enabled and sys.stderr.isatty()
+        self.label, self.total, self.enabled = label, total, enabled
+        self.tty = enabled and sys.stderr.isatty()
         self.start = time.perf_counter()
 
     def update(self, done: int, loss: float) -> None:
-        if self.enabled:
-            width = 24
-            filled = int(width * done / max(self.total, 1))
-            sys.stderr.write(f"\r{self.label:<18} [{'#' * filled}{'.' * (width - filled)}] "
-                             f"{done}/{self.total} loss {loss:.4f} {time.perf_counter() - self.start:5.1f}s")
-            sys.stderr.flush()
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        if not self.tty:
+            log.info("%s: epoch %d/%d, loss %.4f, %.1fs", self.label, done, self.total, loss, elapsed)
+            return
+        width = 24
+        filled = int(width * done / max(self.total, 1))
+        sys.stderr.write(f"\r{self.label:<18} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done}/{self.total} loss {loss:.4f} {elapsed:5.1f}s")
+        sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.tty:
             sys.stderr.write("\n")
 
 

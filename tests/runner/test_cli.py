@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -184,6 +185,8 @@ def test_console_script_runs(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["accuracy"]["decoded"] > 0.5  # stdout is exactly one JSON document
+    epochs = re.findall(r"epoch (\d+)/(\d+), loss \d", done.stderr)  # a line per epoch: never silent
+    assert ("10", "10") in epochs and len(epochs) >= 10 + 3 + 2
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["compress", "--help"], ["pareto"],
