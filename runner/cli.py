@@ -185,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the sweep's name")
     _store_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p = sub.add_parser("list", help="the sweeps in the storage: state, trials ended of all, front size")
+    p.add_argument("--storage", help="sweep storage: a folder or an s3:// or gs:// URI (default $DCSWEEP_STORAGE "
+                   "or ~/dcsweep-runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p = sub.add_parser("status", help="one sweep's progress, while it runs too: trials, driver, the front so far")
+    p.add_argument("name", help="the sweep's name, as `dcsweep list` shows it")
+    p.add_argument("--storage", help="sweep storage: a folder or an s3:// or gs:// URI (default $DCSWEEP_STORAGE "
+                   "or ~/dcsweep-runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p = sub.add_parser("ui", help="serve the MLflow UI on the sweep store, on 127.0.0.1")
     _store_args(p)
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (5000)")
@@ -424,6 +433,23 @@ def cmd_pareto(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": args.name, "tracking_uri": uri, "trials": [t.to_json() for t in sweep_trials(uri, args.name)]}
 
 
+def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
+    from .sweep.status import list_sweeps
+
+    storage = _storage(args)
+    return {"storage": str(storage), "sweeps": [s.to_json() for s in list_sweeps(storage)]}
+
+
+def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
+    from .sweep.status import sweep_status
+
+    storage = _storage(args)
+    status = sweep_status(storage, args.name).to_json(trials=True)
+    if status["state"] == "stopped":
+        status["resume"] = shlex.join([*_program(), "resume", args.name, "--storage", str(storage)])
+    return status
+
+
 def cmd_ui(args: argparse.Namespace) -> NoReturn:
     uri = _tracking_uri(args)
     if not 1 <= args.port <= 65535:
@@ -444,11 +470,45 @@ def _existing(file: str) -> Path:
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "compress": cmd_compress, "sensitivity": cmd_sensitivity, "inspect": cmd_inspect, "evaluate": cmd_evaluate,
     "run": cmd_run,
-    "resume": cmd_resume, "submit": cmd_submit, "pareto": cmd_pareto, "ui": cmd_ui}
+    "resume": cmd_resume, "submit": cmd_submit, "pareto": cmd_pareto, "list": cmd_list, "status": cmd_status,
+    "ui": cmd_ui}
+
+
+def _print_sweeps(result: dict[str, Any]) -> None:
+    """`dcsweep list` as a table."""
+    rows = [("NAME", "STATE", "TRIALS", "FRONT", "CREATED")] + [
+        (s["name"], s["state"], f"{s['trials_ended']}/{s['trials_total']}", str(s["front_size"]), s["created"] or "-")
+        for s in result["sweeps"]]
+    if not result["sweeps"]:
+        print(f"no sweeps in {result['storage']}")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _print_status(s: dict[str, Any]) -> None:
+    """`dcsweep status NAME`: a summary line, who runs it, the trials under way, the front."""
+    print(f"{s['name']} ({s['space']}): {s['state']}, {s['trials_ended']} of {s['trials_total']} trials ended "
+          f"({s['trials_finished']} finished, {s['trials_failed']} failed), front {s['front_size']}")
+    if s["driver"]:
+        print(f"  driver: {s['driver']}")
+    going = [t for t in s["trials"] if t["phase"] != "final" and not t["failed"]]
+    if going:
+        print(f"  {'running' if s['state'] == 'running' else 'unfinished'}: "
+              + ", ".join(f"{t['label']} ({t['phase'] or 'starting'})" for t in going))
+    for t in s["front"]:
+        print(f"  * {t['label']:<22} val {t['val_accuracy']:.4f}  {t['compressed_bytes']:>10,} B")
+    if "resume" in s:
+        print(f"  continue with: {s['resume']}")
 
 
 def _print_human(command: str, result: dict[str, Any]) -> None:
-    if command == "compress":
+    if command == "list":
+        _print_sweeps(result)
+    elif command == "status":
+        _print_status(result)
+    elif command == "compress":
         for name, acc in (("test", result["accuracy"]), ("validation", result["val_accuracy"])):
             print(f"{name + ' accuracy':<20} dense {acc['dense']:.4f}  pruned {acc['pruned']:.4f}  "
                   f"shared {acc['shared']:.4f}  decoded {acc['decoded']:.4f}")

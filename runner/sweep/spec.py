@@ -100,12 +100,12 @@ def resume_sweep(name: str | None, storage: Storage, tracking_uri: str | None, a
     if not name:
         raise ConfigError("--resume needs the sweep's --name")
     refuse_if_held(storage, name)
-    space = _saved_space(storage, name)
+    space = saved_space(storage, name)
     if expect is not None and expect.to_dict() != space.to_dict():
         differ = sorted(k for k, v in expect.to_dict().items() if space.to_dict().get(k) != v)
         raise ConfigError(f"sweep {name!r} was started with another space (differ: {differ}); resume it "
                           f"with `dcsweep resume {name}` or give a new --name")
-    meta = _saved_meta(storage, name)
+    meta = saved_meta(storage, name)
     if not isinstance(meta.get("tracking_uri"), str) and not tracking_uri:
         raise ConfigError(f"{storage.uri('sweeps', name, SWEEP_FILE)} names no tracking_uri; pass --tracking-uri "
                           f"with the MLflow store sweep {name!r} logged to")
@@ -167,12 +167,12 @@ def saved_tracking_uri(storage: Storage, name: str) -> str | None:
     if not storage.exists("sweeps", name, SWEEP_FILE):
         return None
     try:
-        return _saved_meta(storage, name).get("tracking_uri")
+        return saved_meta(storage, name).get("tracking_uri")
     except ConfigError:
         return None
 
 
-def _saved_meta(storage: Storage, name: str) -> dict[str, Any]:
+def saved_meta(storage: Storage, name: str) -> dict[str, Any]:
     try:
         meta = json.loads(storage.read_text("sweeps", name, SWEEP_FILE))
         if not isinstance(meta, dict) or not isinstance(meta.get("space_sha256"), str):
@@ -183,13 +183,13 @@ def _saved_meta(storage: Storage, name: str) -> dict[str, Any]:
                           f"be resumed") from None
 
 
-def _saved_space(storage: Storage, name: str) -> SearchSpace:
+def saved_space(storage: Storage, name: str) -> SearchSpace:
     """The space a sweep was started with, checked against the digest taken then."""
     where = f"{storage.uri('sweeps', name)}/"
     if not storage.exists("sweeps", name, SPACE_FILE) or not storage.exists("sweeps", name, SWEEP_FILE):
         names = [n for n in storage.folders("sweeps") if storage.exists("sweeps", n, SPACE_FILE)]
         raise ConfigError(f"no sweep named {name!r} in {storage}; sweeps there: {names}")
-    digest = _saved_meta(storage, name)["space_sha256"]
+    digest = saved_meta(storage, name)["space_sha256"]
     text = storage.read_bytes("sweeps", name, SPACE_FILE)
     if hashlib.sha256(text).hexdigest() != digest:
         raise ConfigError(f"{where}{SPACE_FILE} no longer matches the space sweep {name!r} was started with "

@@ -251,6 +251,14 @@ def test_the_front_url_opens_the_runs_table_filtered_to_the_front_smallest_first
                      "orderByKey": ["metrics.`compressed_bytes`"], "orderByAsc": ["true"]}
 
 
+def test_list_and_status_of_a_storage_without_sweeps(capsys, tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "list", "--storage", str(tmp_path), "--json")
+    assert code == 0 and out == {"storage": str(tmp_path), "sweeps": []}
+    assert main(["list", "--storage", str(tmp_path)]) == 0 and "no sweeps" in capsys.readouterr().out
+    code, _, err = run(capsys, "status", "nope", "--storage", str(tmp_path))
+    assert code == 2 and err.strip() == f"dcsweep: error: no sweep named 'nope' in {tmp_path}; sweeps there: []"
+
+
 def test_the_quick_exit_runs_exit_handlers_and_flushes(tmp_path: Path) -> None:
     """entry() skips the interpreter's slow teardown, not what a library registered for exit."""
     code = ("import atexit, sys; from dcsweep.runner.cli import entry; "

@@ -109,7 +109,12 @@ def test_sigkilled_sweep_resumes_without_losing_or_repeating_work(store) -> None
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_sweep_killed_with_the_command_that_resumes_it(store) -> None:
+def _status(capsys, *argv: str) -> dict:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_ctrl_c_stops_the_sweep_killed_with_the_command_that_resumes_it(store, capsys) -> None:
     """A terminal's Ctrl-C (SIGINT to the driver and everything it started): the table, exit
     130, the parent KILLED and no run left RUNNING, the resume command as the last line; the
     resumed sweep finishes the same front, its parent FINISHED again."""
@@ -127,6 +132,7 @@ def test_ctrl_c_stops_the_sweep_killed_with_the_command_that_resumes_it(store) -
                 break
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             time.sleep(0.1)
+        running = _status(capsys, "status", "ctrlc", "--storage", str(storage))  # read while it runs
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=180)
     finally:
@@ -145,12 +151,20 @@ def test_ctrl_c_stops_the_sweep_killed_with_the_command_that_resumes_it(store) -
     parent_id = runs[0].data.tags["mlflow.parentRunId"]
     assert client.get_run(parent_id).info.status == "KILLED"
     assert "RUNNING" not in {r.info.status for r in runs}
+    assert running["state"] == "running" and f"pid {proc.pid}," in running["driver"]
+    assert running["trials_total"] == 6 and running["trials_finished"] >= 1 and running["trials_running"] >= 1
+    stopped = _status(capsys, "status", "ctrlc", "--storage", str(storage))
+    assert stopped["state"] == "stopped" and stopped["driver"] is None and stopped["resume"] == result["resume"]
+    assert stopped["trials_ended"] == result["trials_ended"]
 
     with cli(*resume[3:], "--json") as again:  # the command as printed
         resumed = finish(again)
     assert not resumed["interrupted"] and len(resumed["trials"]) == 6 and front(resumed) == front(whole)
     assert client.get_run(parent_id).info.status == "FINISHED"
     assert {r.info.status for r in child_runs(uri, "ctrlc")} == {"FINISHED"}
+    listed = {s["name"]: s for s in _status(capsys, "list", "--storage", str(storage))["sweeps"]}
+    assert listed["ctrlc"]["state"] == "finished" and listed["ctrlc"]["trials_ended"] == 6
+    assert listed["ctrlc"]["front_size"] == sum(t["pareto_optimal"] for t in resumed["trials"])
     # the front registered after each run of the driver, each trial once
     registered = [v.run_id for v in client.search_model_versions("name = 'ctrlc'")]
     assert len(registered) == len(set(registered))
