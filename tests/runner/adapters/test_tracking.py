@@ -102,3 +102,42 @@ def test_the_parent_charts_hypervolume_and_front_size_per_finished_trial(tmp_pat
     points = [(val[t], runs[t].data.metrics["compressed_bytes"]) for t in front if front[t]]
     assert volumes[-1].value == pytest.approx(hypervolume(points, dense))
     assert all(a.value <= b.value + 1e-12 for a, b in zip(volumes, volumes[1:], strict=False))  # a front only grows
+
+
+@pytest.mark.slow
+def test_a_sweep_of_2000_trials_reads_marks_registers_and_plots_all_of_them(tmp_path: Path, capsys) -> None:
+    """2,000 synthetic trials through the real tracker (a sweep's calls, with a real .dcz each):
+    every run read (two pages and more), every tag right, the front registered, pareto.csv/png
+    logged, and `dcsweep pareto` lists all 2,000."""
+    import json
+
+    from dcsweep.runner.adapters.synthetic import drive, synthetic_results
+    from dcsweep.runner.cli import main
+    from dcsweep.runner.cycle.pareto import pareto_mask
+
+    dcz = tmp_path / "model.dcz"
+    template = run_cycle({"model": "lenet300", "dataset": "digits", "epochs": 2, "prune_steps": 1, "prune_epochs": 1,
+                          "share_epochs": 1, "sparsity": 0.9, "k": 8}, output=dcz)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "big", (tmp_path / "artifacts").as_uri())
+    tracker.swept = ("sparsity", "k")
+    drive(tracker, synthetic_results(template, 2000), dcz)
+    trials = tracker.update_pareto()
+    assert len(trials) == 2000 > tracking.PAGE_SIZE
+    runs = {r.info.run_id: r for r in tracking.search_all(tracker.client, tracker.experiment_id,
+                                                            "tags.`dcsweep.role` = 'child'")}
+    ids = list(runs)
+    vals = [runs[i].data.metrics["val_accuracy"] for i in ids]
+    sizes = [runs[i].data.metrics["compressed_bytes"] for i in ids]
+    truth = dict(zip(ids, pareto_mask(vals, sizes), strict=True))  # independent of the tracker's bookkeeping
+    assert {i: runs[i].data.tags["pareto_optimal"] == "true" for i in ids} == truth
+    assert {i: runs[i].data.metrics["pareto_optimal"] == 1.0 for i in ids} == truth
+    front = {i for i, on in truth.items() if on}
+    assert {v.run_id for v in tracker.client.search_model_versions("name = 'big'")} == front
+    assert set(tracker.registered) == {"best", "smallest-within-1pt", "smallest-within-0_5pt"}
+    parent = tracker.parent_id
+    assert {a.path for a in tracker.client.list_artifacts(parent)} == {"pareto.csv", "pareto.png"}
+    assert tracker.client.get_run(parent).data.metrics["trials"] == 2000
+    assert main(["pareto", "big", "--tracking-uri", uri, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["trials"]
+    assert len(listed) == 2000 and {t["run_id"] for t in listed if t["pareto_optimal"]} == front
