@@ -1,5 +1,6 @@
 """The runner's rooms keep their walls: the cycle and the sweep's definition run without Ray
-or MLflow; Ray is imported only by the adapters, MLflow only by their tracking module."""
+or MLflow; Ray is imported only by the adapters, MLflow only by their tracking module and the
+MLflow model flavour of the .dcz."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ RUNNER = Path(dcsweep.runner.__file__).parent
 #: Which modules may import each of these packages (paths relative to runner/).
 ALLOWED = {
     "ray": lambda path: path.parts[0] == "adapters",
-    "mlflow": lambda path: path.as_posix() == "adapters/tracking.py",
+    "mlflow": lambda path: path.as_posix() in ("adapters/tracking.py", "adapters/pyfunc.py"),
 }
 
 
