@@ -1,7 +1,8 @@
 """A trial's compressed model as an MLflow model: the pyfunc flavour that loads a .dcz.
 
-Each finished trial's run holds artifact path ``model``: an MLmodel whose ``python_function``
-flavour names this module as its loader (MLflow's ``loader_module``) and the .dcz as its data.
+Each finished trial's run produces an MLflow 3 logged model named ``model`` (its output; its
+id in the run's tag ``dcsweep.model``): an MLmodel whose ``python_function`` flavour names this
+module as its loader (MLflow's ``loader_module``) and the .dcz as its data.
 The stored bytes are the .dcz itself; nothing is pickled, and the code that decodes it is
 dcsweep's own, installed where the model is loaded. So
 
@@ -79,17 +80,25 @@ def save_model(dcz: Path, folder: Path) -> Path:
     return folder
 
 
-def log_model(client: Any, run_id: str, dcz: Path, tmp: Path) -> None:
-    """The trial's model at artifact path ``model`` of its run."""
+def log_model(client: Any, experiment_id: str, run_id: str, dcz: Path, tmp: Path) -> str:
+    """The trial's model as an MLflow 3 logged model named ``model``, produced by the trial's run
+    and linked to it as its output (so ``runs:/<run>/model`` finds it); returns its id."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
     folder = save_model(dcz, tmp / ARTIFACT_PATH)
-    client.log_artifacts(run_id, str(folder), ARTIFACT_PATH)
+    model = client.create_logged_model(experiment_id, name=ARTIFACT_PATH, source_run_id=run_id, model_type="dcz")
+    client.log_model_artifacts(model.model_id, str(folder))
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
     shutil.rmtree(folder, ignore_errors=True)
+    return str(model.model_id)
 
 
-def register_front(client: Any, name: str, front: Sequence[Any], dense_val_accuracy: float | None) -> dict[str, int]:
-    """Register each Pareto-optimal trial (``front``: Trials with run ids) as a version of the
-    registered model ``name`` (once: a resumed sweep adds only new ones) and point the aliases
-    at theirs; returns alias -> version."""
+def register_front(client: Any, name: str, front: Sequence[Any], models: Mapping[str, str],
+                   dense_val_accuracy: float | None) -> dict[str, int]:
+    """Register each Pareto-optimal trial (``front``: Trials with run ids; ``models``: run id ->
+    its logged model's id) as a version of the registered model ``name`` (once: a resumed sweep
+    adds only new ones) and point the aliases at theirs; returns alias -> version."""
     if not front:
         return {}
     from mlflow.exceptions import MlflowException
@@ -102,8 +111,10 @@ def register_front(client: Any, name: str, front: Sequence[Any], dense_val_accur
     for t in front:
         if t.run_id in versions:
             continue
-        source = f"{client.get_run(t.run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
-        version = client.create_model_version(name, source, run_id=t.run_id, tags={
+        # the source by its artifact location: a `models:/<id>` source is looked up through the
+        # process's default tracking URI, not this client's store
+        source = client.get_logged_model(models[t.run_id]).artifact_location
+        version = client.create_model_version(name, source, run_id=t.run_id, model_id=models[t.run_id], tags={
             RUN_TAG: t.run_id, "val_accuracy": str(t.val_accuracy), "accuracy": str(t.accuracy),
             "compressed_bytes": str(t.compressed_bytes), "ratio": str(t.ratio)})
         versions[t.run_id] = int(version.version)

@@ -33,7 +33,7 @@ ROLE, SWEEP, TRIAL = "dcsweep.role", "dcsweep.sweep", "dcsweep.trial_id"
 STAGE_TAG = "dcsweep.stage"  # dcsweep.stage.pruned = the key of the pruned stage a trial used
 PARENT_TAG = "mlflow.parentRunId"
 PARETO_TAG = "pareto_optimal"
-PYFUNC_TAG = "dcsweep.model"  # on a child run that logged its MLflow model (artifact path `model`)
+PYFUNC_TAG = "dcsweep.model"  # on a child run: the id of the MLflow model it logged (its output, `model`)
 #: Runs asked of MLflow per call; every search pages through all of them.
 PAGE_SIZE = 1000
 
@@ -164,8 +164,8 @@ class SweepTracker:
                 elif path.is_file():
                     self.client.log_artifact(run_id, str(path))
                     if path.suffix == ".dcz":  # and as an MLflow model that decodes it
-                        pyfunc.log_model(self.client, run_id, path, Path(tmp))
-                        self.client.set_tag(run_id, PYFUNC_TAG, pyfunc.ARTIFACT_PATH)
+                        model_id = pyfunc.log_model(self.client, self.experiment_id, run_id, path, Path(tmp))
+                        self.client.set_tag(run_id, PYFUNC_TAG, model_id)
         if result and allocation:
             self._log_allocation(run_id, result, files)
         self.client.set_terminated(run_id, "FINISHED")
@@ -255,7 +255,7 @@ class SweepTracker:
         for run, _ in rows:
             m = run.data.metrics
             self._best.add(m.get("val_accuracy"), m.get("val_accuracy_dense"), m.get(RATIO_METRIC))
-        with_model = {trial.run_id for run, trial in rows if PYFUNC_TAG in run.data.tags}
+        models = {run.info.run_id: run.data.tags[PYFUNC_TAG] for run, _ in rows if PYFUNC_TAG in run.data.tags}
         self._front = {t.run_id: (t.val_accuracy, t.compressed_bytes) for t in trials
                        if t.pareto_optimal and t.run_id and t.val_accuracy is not None}
         self._finished_count = len(trials)
@@ -271,9 +271,10 @@ class SweepTracker:
                 png = write_png(Path(tmp) / "pareto.png", trials, f"{self.name}: accuracy vs size",
                                 self._best.dense_val_accuracy, self._reference)
                 self.client.log_artifact(self.parent_id, str(png))
-            front = [t for t in trials if t.pareto_optimal and t.run_id in with_model]
+            front = [t for t in trials if t.pareto_optimal and t.run_id in models]
             try:
-                self.registered = pyfunc.register_front(self.client, self.name, front, self._best.dense_val_accuracy)
+                self.registered = pyfunc.register_front(self.client, self.name, front, models,
+                                                        self._best.dense_val_accuracy)
             except MlflowException as exc:  # the runs, tags and front stand without it
                 log.warning("registering the front of %s as a model failed: %s", self.name, exc)
         return trials

@@ -146,6 +146,12 @@ def test_every_trial_is_an_mlflow_model_and_the_front_is_registered_with_aliases
                                                                                     t["compressed_bytes"])
     best = max(front, key=lambda r: (trials[r]["val_accuracy"], -trials[r]["compressed_bytes"]))
     assert client.get_model_version_by_alias("tiny-1", "best").run_id == best
+    for run_id in trials:  # each run's output: a logged model it produced, named `model`
+        model = client.get_logged_model(client.get_run(run_id).data.tags["dcsweep.model"])
+        assert (model.source_run_id, model.name, str(model.status)) == (run_id, "model", "READY")
+    for v in versions:  # a version is its trial's logged model
+        model_id = client.get_run(v.run_id).data.tags["dcsweep.model"]
+        assert v.source == client.get_logged_model(model_id).artifact_location
     some = sorted(trials)[0]
     aliases = [f"models:/tiny-1@{a}" for a in registered["aliases"]]
     scores = _load_and_score(uri, f"runs:/{some}/model", *aliases)
@@ -321,8 +327,9 @@ def test_sweep_against_a_tracking_server(ray_local, mlflow_server, tmp_path: Pat
     stored = list(artifacts.rglob("artifacts/model.dcz"))
     assert len(stored) == 2  # the server holds the artifacts, proxied through HTTP
     aliases = out["registered_model"]["aliases"]
-    scores = _load_and_score(url, *(f"models:/served@{a}" for a in aliases))
     by_run = {t["run_id"]: t["accuracy"] for t in out["trials"]}
+    scores = _load_and_score(url, *(f"models:/served@{a}" for a in aliases), *(f"runs:/{r}/model" for r in by_run))
+    assert all(scores[f"runs:/{r}/model"] == accuracy for r, accuracy in by_run.items())
     for alias in aliases:
         assert scores[f"models:/served@{alias}"] == by_run[client.get_model_version_by_alias("served", alias).run_id]
     local = client.download_artifacts(children[0].info.run_id, "model.dcz", str(tmp_path))
