@@ -64,7 +64,9 @@ def test_a_sweep_on_s3(s3: dict[str, str], tmp_path: Path) -> None:
     assert {k.rsplit("/", 1)[1] for k in dense} >= {"model.dcz", "stage.json"}  # the dense model, once
     assert any(k.startswith("runs/sweeps/on-s3/tune/") and "experiment_state" in k for k in keys)
     assert any(k.startswith("runs/sweeps/on-s3/tune/trial_") and "checkpoint_" in k for k in keys)
-    assert sum(k.startswith("runs/mlartifacts/on-s3/") and k.endswith("model.dcz") for k in keys) == 2
+    runs = "runs/mlartifacts/on-s3/"
+    assert sum(k.startswith(runs) and k.endswith("/artifacts/model.dcz") for k in keys) == 2  # each trial's file
+    assert sum(k.startswith(f"{runs}models/") and k.endswith("/data/model.dcz") for k in keys) == 2  # its model
     assert not Path("s3:").exists()
     runs = [r for r in MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("on-s3").experiment_id])]
     assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
