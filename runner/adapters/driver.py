@@ -124,9 +124,14 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
 
 
 def _mlflow_client(uri: str) -> MlflowClient:
+    from .pyfunc import warm_up
     from .tracking import open_client
 
-    return open_client(uri)
+    client = open_client(uri)
+    # MLflow's model code takes seconds to import: here, while Ray starts, not in Tune's event
+    # loop when the first trial finishes (where it would hold back Tune's saves of its state)
+    warm_up()
+    return client
 
 
 def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict[str, Any], tune.ResultGrid]:

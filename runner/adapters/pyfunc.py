@@ -51,6 +51,13 @@ class DczModel:
             return self.network(x).numpy()
 
 
+def warm_up() -> None:
+    """Import what :func:`save_model` needs (MLflow's model and schema code: seconds)."""
+    import mlflow.models
+    import mlflow.pyfunc
+    import mlflow.types.schema  # noqa: F401
+
+
 def _load_pyfunc(data_path: str) -> DczModel:
     """MLflow's entry point for a ``loader_module``: ``data_path`` is the model's .dcz."""
     from dcsweep.compression import load_compressed
