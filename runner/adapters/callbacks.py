@@ -34,6 +34,8 @@ def _swept(space: SearchSpace, config: Mapping[str, Any]) -> dict[str, Any]:
 # fresh MLflow client (and no client, URI or credential is pickled into the storage).
 _TRACKERS: dict[str, SweepTracker] = {}
 RETRY_AFTER_S = 30.0
+#: Seconds a phase's metrics may wait for the trial's next MLflow call (see SweepTracker.log_phase).
+HOLD_S = 2.0
 
 
 def register_tracker(tracker: SweepTracker) -> None:
@@ -77,11 +79,24 @@ class MlflowCallback(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._safely("start", trial, self.tracker.reopen)
 
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """What was held back longer than ``HOLD_S`` goes now: a reused phase followed by
+        a long computed one still shows in the UI within seconds."""
+        if time.monotonic() - self.failed_at < RETRY_AFTER_S:
+            return
+        try:
+            self.tracker.flush(HOLD_S)
+        except Exception:  # noqa: BLE001 - as in _safely: the storage keeps it, sync_results logs it
+            self.pending, self.failed_at = True, time.monotonic()
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         report = Report.from_metrics(result)
         if report.step is not None:
-            self._safely("metrics", trial,
-                         lambda tid: self.tracker.log_phase(tid, report.phase, report.numbers, report.stages))
+            # a phase taken from the stages comes just before the trial's next, the final one
+            # just before its end: each goes to MLflow with what follows, in one call
+            hold = report.phase == FINAL or report.stages.get(report.phase, ("", False))[1]
+            self._safely("metrics", trial, lambda tid: self.tracker.log_phase(
+                tid, report.phase, report.numbers, report.stages, hold=hold))
         elif report.phase == DIVERGED:
             self._safely("divergence", trial, lambda tid: self.tracker.fail_trial(tid, report.error or ""))
 

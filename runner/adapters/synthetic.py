@@ -54,7 +54,7 @@ def drive(tracker: SweepTracker, results: Iterator[CycleResult], dcz: Path, pref
             tracker.log_phase(trial_id, phase, {k: v for k, v in result.metrics(phase).items()
                                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
         tracker.log_phase(trial_id, FINAL, {k: v for k, v in result.metrics(FINAL).items()
-                                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                                            if isinstance(v, (int, float)) and not isinstance(v, bool)}, hold=True)
         tracker.finish_trial(trial_id, result, {dcz.name: dcz})
         seconds.append(time.perf_counter() - start)
     return seconds

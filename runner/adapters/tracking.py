@@ -68,6 +68,9 @@ class SweepTracker:
             self.client.log_batch(self.parent_id, params=[Param(k, _param(v)) for k, v in (params or {}).items()])
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_step: dict[str, int] = {}  # run id -> last metric step logged
+        # run id -> step -> (metrics, tags) held back to go with the run's next call (see log_phase)
+        self._held: dict[str, dict[int, tuple[list[Metric], list[RunTag]]]] = {}
+        self._held_since: dict[str, float] = {}  # run id -> monotonic time its oldest held step came
         self._status: dict[str, str] = {}  # run id -> status as this driver knows it
         self._front: dict[str, tuple[float, int]] | None = None  # run id -> (val accuracy, bytes) on the front
         self._tables: set[str] = set()  # sensitivity tables logged on the parent by this driver
@@ -121,20 +124,50 @@ class SweepTracker:
                 self.client.delete_tag(run_id, "error")
 
     def log_phase(self, trial_id: str, phase: str, metrics: Mapping[str, float],
-                  stages: Mapping[str, tuple[str, bool]] | None = None) -> None:
+                  stages: Mapping[str, tuple[str, bool]] | None = None, hold: bool = False) -> None:
         """Metrics of one finished phase at step 0 (dense) .. 3 (final), and the keys of the
         stages the trial used so far as tags (``dcsweep.stage.<phase>``, with ``...reused``);
-        a step already logged (a resumed trial redoing a phase) is skipped."""
+        a step already logged (a resumed trial redoing a phase) is skipped.
+
+        With ``hold`` the batch waits to go with the run's next call (its next phase, its end,
+        or :meth:`flush` after ``max_hold`` seconds): a phase taken from the stages comes a few
+        milliseconds before the next, and the final phase just before the trial's artifacts, so
+        a trial costs one MLflow call where it cost four (each 10-20 ms on SQLite, a round trip
+        on a server). Nothing held is lost to a dead driver: a resumed sweep logs every step
+        MLflow lacks from Tune's results."""
         run_id = self._runs[trial_id]
         step = STEPS[phase]
-        if step <= self._last_step.get(run_id, -1) or self.finished(trial_id):
+        held = self._held.setdefault(run_id, {})
+        if step <= self._last_step.get(run_id, -1) or step in held or self.finished(trial_id):
             return
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         tags = [RunTag(f"{STAGE_TAG}.{p}", key) for p, (key, _) in (stages or {}).items()]
         tags += [RunTag(f"{STAGE_TAG}.{p}.reused", str(reused).lower()) for p, (_, reused) in (stages or {}).items()]
-        self.client.log_batch(run_id, metrics=batch, tags=tags)
-        self._last_step[run_id] = step
+        held[step] = (batch, tags)
+        self._held_since.setdefault(run_id, time.monotonic())
+        if not hold:
+            self._send(run_id)
+
+    def flush(self, max_hold: float = 0.0) -> None:
+        """Send every held batch that has waited ``max_hold`` seconds or more."""
+        now = time.monotonic()
+        for run_id, since in list(self._held_since.items()):
+            if now - since >= max_hold:
+                self._send(run_id)
+
+    def _send(self, run_id: str, metrics: list[Metric] | None = None, tags: list[RunTag] | None = None) -> None:
+        """The run's held batches with ``metrics`` and ``tags`` in one call (a tag given twice:
+        its latest value)."""
+        held = self._held.pop(run_id, {})
+        self._held_since.pop(run_id, None)
+        every = [m for step in sorted(held) for m in held[step][0]] + list(metrics or [])
+        latest = {t.key: t for step in sorted(held) for t in held[step][1]}
+        latest.update({t.key: t for t in tags or []})
+        if every or latest:
+            self.client.log_batch(run_id, metrics=every, tags=list(latest.values()))
+        if held:
+            self._last_step[run_id] = max(self._last_step.get(run_id, -1), *held)
 
     def log_stage_totals(self, computed: int, reused: int, seconds_saved: float) -> None:
         """On the parent: stages this sweep's trials computed and took from others (or from
@@ -149,6 +182,7 @@ class SweepTracker:
         if self.finished(trial_id):  # logged before a restart: never touched again
             return
         allocation = dict(result.allocation) if result else {}
+        tags: list[RunTag] = []  # sent with the final metrics held back by log_phase, in one call
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "layers.json"
             layers = [dict(row) for row in result.encoded.layers] if result and result.encoded else []
@@ -165,12 +199,10 @@ class SweepTracker:
                     self.client.log_artifact(run_id, str(path))
                     if path.suffix == ".dcz":  # and as an MLflow model that decodes it
                         model_id = pyfunc.log_model(self.client, self.experiment_id, run_id, path, Path(tmp))
-                        self.client.set_tag(run_id, PYFUNC_TAG, model_id)
+                        tags.append(RunTag(PYFUNC_TAG, model_id))
         if result and allocation:
             self._log_allocation(run_id, result, files)
-        self.client.set_terminated(run_id, "FINISHED")
-        self._status[run_id] = "FINISHED"
-        self._join_front(run_id, result)  # tags now; the parent's csv/png at the end
+        self._join_front(run_id, result, tags)  # tags now; the parent's csv/png at the end
 
     def _log_allocation(self, run_id: str, result: CycleResult, files: Mapping[str, Path]) -> None:
         """An allocated trial's choice as params, one per layer (``allocation.<layer>``), and the
@@ -184,11 +216,13 @@ class SweepTracker:
             self.client.log_artifacts(self.parent_id, str(folder), f"sensitivity/{key}")
             self._tables.add(key)
 
-    def _join_front(self, run_id: str, result: CycleResult | None) -> None:
-        """Tag a newly finished run, and the runs it pushes off the front. The finished runs are
-        read from MLflow once per driver; after that each trial costs a look at the front and
-        a tag or two, however many trials the sweep has. Then the front's summary on the parent."""
+    def _join_front(self, run_id: str, result: CycleResult | None, tags: list[RunTag]) -> None:
+        """End a newly finished run with its held metrics, ``tags`` and its Pareto flag in one
+        call, and flag the runs it pushes off the front. The finished runs are read from MLflow
+        once per driver; after that each trial costs a look at the front and a tag or two for
+        others, however many trials the sweep has. Then the front's summary on the parent."""
         if self._front is None or result is None or result.encoded is None:
+            self._end(run_id, tags=tags)
             self.update_pareto(artifacts=False)
             return
         self._finished_count += 1
@@ -197,21 +231,31 @@ class SweepTracker:
         self._best.add(final.get("val_accuracy"), final.get("val_accuracy_dense"), final.get(RATIO_METRIC))
         point = None if final.get("val_accuracy") is None else (  # from before the validation split: never on it
             float(final["val_accuracy"]), int(final["compressed_bytes"]))
-        if point is None or any(dominates(other, point) for other in self._front.values()):
-            self._flag(run_id, False)
-        else:
+        optimal = point is not None and not any(dominates(other, point) for other in self._front.values())
+        if point is not None and optimal:
             for other, where in list(self._front.items()):
                 if dominates(point, where):
                     self._flag(other, False)
                     del self._front[other]
             self._front[run_id] = point
-            self._flag(run_id, True)
+        self._end(run_id, *self._flag_batch(optimal), tags=tags)
         self._log_summary()
 
-    def _flag(self, run_id: str, optimal: bool) -> None:
+    def _end(self, run_id: str, metrics: list[Metric] | None = None, flags: list[RunTag] | None = None,
+             tags: list[RunTag] | None = None) -> None:
+        self._send(run_id, metrics, [*(tags or []), *(flags or [])])
+        self.client.set_terminated(run_id, "FINISHED")
+        self._status[run_id] = "FINISHED"
+
+    @staticmethod
+    def _flag_batch(optimal: bool) -> tuple[list[Metric], list[RunTag]]:
         """``pareto_optimal`` as a tag (to filter by) and a 0/1 metric (to colour charts by)."""
-        self.client.log_batch(run_id, metrics=[Metric(PARETO_TAG, float(optimal), int(time.time() * 1000), 0)],
-                              tags=[RunTag(PARETO_TAG, str(optimal).lower())])
+        now = int(time.time() * 1000)
+        return [Metric(PARETO_TAG, float(optimal), now, 0)], [RunTag(PARETO_TAG, str(optimal).lower())]
+
+    def _flag(self, run_id: str, optimal: bool) -> None:
+        metrics, tags = self._flag_batch(optimal)
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def _log_summary(self) -> None:
         """``hypervolume`` (of the front on validation accuracy and bytes, reference point
@@ -229,13 +273,15 @@ class SweepTracker:
         run_id = self._runs.get(trial_id)
         if run_id is None or self.finished(trial_id):
             return
-        self.client.set_tag(run_id, "error", error[-4000:])
+        self._send(run_id, tags=[RunTag("error", error[-4000:])])
         self.client.set_terminated(run_id, "FAILED")
         self._status[run_id] = "FAILED"
 
     def finish(self, status: str = "FINISHED", children: str = "KILLED", error: str | None = None) -> None:
         """End the parent with ``status`` and any child still RUNNING with ``children`` (and an
         ``error`` tag when given); a resumed sweep reopens them."""
+        with contextlib.suppress(MlflowException):  # what was held back, if MLflow takes it
+            self.flush()
         for run in self._search(f"tags.`{ROLE}` = 'child' and attributes.status = 'RUNNING'"):
             if error:
                 self.client.set_tag(run.info.run_id, "error", error[-4000:])

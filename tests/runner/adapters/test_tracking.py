@@ -141,3 +141,42 @@ def test_a_sweep_of_2000_trials_reads_marks_registers_and_plots_all_of_them(tmp_
     assert main(["pareto", "big", "--tracking-uri", uri, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["trials"]
     assert len(listed) == 2000 and {t["run_id"] for t in listed if t["pareto_optimal"]} == front
+
+
+def test_held_phases_go_with_the_runs_next_call_and_nothing_is_lost(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reused phase and the final phase wait for the trial's next call: the trial's metrics,
+    stage tags, model-free end and Pareto flag reach MLflow in one log_batch and one
+    set_terminated, every step whole; a held batch older than max_hold goes on flush."""
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "held")
+    result = run_cycle({"epochs": 2, "prune_epochs": 1, "prune_steps": 1, "share_epochs": 1, "sparsity": 0.8,
+                        "k": 4}, stages=StageStore(tmp_path / "stages"))
+    calls: list[str] = []
+    for name in ("log_batch", "set_terminated", "set_tag"):
+        real = getattr(tracker.client, name)
+        monkeypatch.setattr(tracker.client, name, lambda *a, _n=name, _r=real, **k: (calls.append(_n), _r(*a, **k))[1])
+    tracker.update_pareto(artifacts=False)  # the once-per-driver read of finished runs, done
+    run = tracker.trial_run("t0", {"sparsity": 0.8, "k": 4}, "t0")
+    calls.clear()
+    stages = {"dense": ("d-key", True)}
+    tracker.log_phase("t0", "dense", {"accuracy": 0.9}, stages, hold=True)
+    tracker.log_phase("t0", "dense", {"accuracy": 0.1}, stages, hold=True)  # a retry's repeat: not held twice
+    assert calls == [] and "accuracy" not in tracker.client.get_run(run).data.metrics
+    tracker.flush(max_hold=60.0)  # too young
+    assert calls == []
+    tracker.flush(max_hold=0.0)
+    assert calls == ["log_batch"]
+    assert tracker.client.get_run(run).data.tags["dcsweep.stage.dense.reused"] == "true"
+    calls.clear()
+    for phase in ("pruned", "shared"):
+        tracker.log_phase("t0", phase, Report.from_metrics(result.metrics(phase)).numbers, hold=phase == "pruned")
+    tracker.log_phase("t0", "final", Report.from_metrics(result.metrics("final")).numbers, hold=True)
+    tracker.finish_trial("t0", result, {})
+    # pruned with shared in one call; final with the flag in one more, then the end and the
+    # parent's summary of the front
+    assert calls == ["log_batch", "log_batch", "set_terminated", "log_batch"]
+    done = tracker.client.get_run(run)
+    assert done.info.status == "FINISHED" and done.data.tags[tracking.PARETO_TAG] == "true"
+    history = {m.step: m.value for m in tracker.client.get_metric_history(run, "accuracy")}
+    assert history == {0: 0.9, **{step: result.metrics(phase)["accuracy"] for step, phase in
+                                  ((1, "pruned"), (2, "shared"), (3, "final"))}}
