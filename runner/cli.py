@@ -67,7 +67,8 @@ def _compress_args(p: argparse.ArgumentParser, table: bool = False) -> None:
                        help="codebook sizes of the table (default 4,16,32,64)")
         p.add_argument("--retrain-epochs", dest="table_retrain_epochs", type=int, default=s,
                        help="retrain each pruned layer's model this long before measuring (0: none, the paper's)")
-        p.add_argument("--prune-lr", dest="prune_lr", type=float, default=s, help="that retraining's learning rate")
+        p.add_argument("--retrain-lr", dest="table_retrain_lr", type=float, default=s,
+                       help="that retraining's learning rate (lr / 10)")
     else:
         p.add_argument("--sparsity", type=float, default=s, help="target fraction of zero weights per layer (0.9)")
         p.add_argument("--quality", type=float, default=s, help="Han et al.'s rule instead: prune |w| < quality x std")

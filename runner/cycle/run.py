@@ -171,9 +171,10 @@ class _Cycle:
             return table, False
 
     def retrain_for_table(self, model: nn.Module, number: int) -> None:
-        """The table's short retraining of one pruned layer's model, as the cycle retrains."""
+        """The table's short retraining of one pruned layer's model, as the cycle retrains but at
+        ``table_retrain_lr``."""
         cfg = self.cfg
-        schedule = Schedule(cfg.table_retrain_epochs, cfg.prune_learning_rate, cfg.optimizer, cfg.momentum,
+        schedule = Schedule(cfg.table_retrain_epochs, cfg.table_retrain_learning_rate, cfg.optimizer, cfg.momentum,
                             cfg.weight_decay, cfg.batch_size)
         fit(model, self.data.train, schedule, self.device, seed_everything(cfg.seed + 5000 + number),
             f"sensitivity {number + 1}", self.progress)

@@ -92,8 +92,8 @@ def sensitivity_key(cfg: CycleConfig, dense_key: str, sparsities: Any, ks: Any) 
     prices and shares its rows."""
     retraining = {"retrain_epochs": cfg.table_retrain_epochs}
     if cfg.table_retrain_epochs:  # then what the retraining reads too
-        retraining.update({k: v for k, v in consumed(cfg, "pruned").items()
-                           if k in (*_TRAINING, "prune_learning_rate")})
+        retraining.update({k: v for k, v in consumed(cfg, "pruned").items() if k in _TRAINING})
+        retraining["learning_rate"] = cfg.table_retrain_learning_rate
     return _hash({"phase": "sensitivity", "parent": dense_key, "settings": {
         "sparsities": [float(s) for s in sparsities], "ks": [int(k) for k in ks], "coder": cfg.coder,
         "index_bits": cfg.index_bits, "init": cfg.init, "seed": cfg.seed, "device": cfg.device, **retraining}})

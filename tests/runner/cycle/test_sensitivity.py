@@ -101,9 +101,15 @@ def test_a_retrained_table_prices_what_retraining_recovers(dense: Path, tmp_path
     store = StageStore(tmp_path / "store")
     settings = {**SETTINGS, "dense_path": str(dense)}
     plain, _ = sensitivity_table(settings, stages=store, sparsities=(0.95,), ks=(16,))
-    retrained, cached = sensitivity_table({**settings, "table_retrain_epochs": 2}, stages=store,
+    # on this 4-epoch model, the cycle's own retraining rate (2 x lr) rather than the default lr / 10
+    retrained, cached = sensitivity_table({**settings, "table_retrain_epochs": 2, "table_retrain_lr": 0.002},
+                                          stages=store,
                                           sparsities=(0.95,), ks=(16,))
     assert not cached
     (_, (before,)), (_, (after,)) = plain.layers[0], retrained.layers[0]
     assert after.val_loss < before.val_loss and after.val_accuracy >= before.val_accuracy
     assert abs(after.bytes - before.bytes) < 0.1 * before.bytes  # the same mask size, retrained values
+    # the retraining's rate is part of what the table is kept under
+    faster, cached = sensitivity_table({**settings, "table_retrain_epochs": 2, "table_retrain_lr": 0.05},
+                                       stages=store, sparsities=(0.95,), ks=(16,))
+    assert not cached and faster.layers[0][1][0] != after

@@ -51,7 +51,8 @@ def test_every_cycle_setting_is_consumed_by_some_phase_or_changes_no_weight() ->
     # prune_lr/share_lr are keyed as the rates used; a ladder's rungs through the chain of keys;
     # an allocation's target and grid through the per-layer rules it becomes (layers, k_layers)
     assert unconsumed == {"download", "coder", "index_bits", "dense_path", "prune_lr", "share_lr", "ladder",
-                          "target_ratio", "max_drop", "table_sparsities", "table_ks", "table_retrain_epochs"}
+                          "target_ratio", "max_drop", "table_sparsities", "table_ks", "table_retrain_epochs",
+                          "table_retrain_lr"}
 
 
 def test_a_dense_file_is_keyed_by_its_content() -> None:
