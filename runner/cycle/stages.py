@@ -90,7 +90,7 @@ def ladder_keys(cfg: CycleConfig, dense_key: str) -> list[tuple[float, str]]:
 def sensitivity_key(cfg: CycleConfig, dense_key: str, sparsities: Any, ks: Any) -> str:
     """The key of the sensitivity table of the dense stage ``dense_key``: its grid and what
     prices and shares its rows."""
-    retraining = {"retrain_epochs": cfg.table_retrain_epochs}
+    retraining: dict[str, Any] = {"retrain_epochs": cfg.table_retrain_epochs}
     if cfg.table_retrain_epochs:  # then what the retraining reads too
         retraining.update({k: v for k, v in consumed(cfg, "pruned").items() if k in _TRAINING})
         retraining["learning_rate"] = cfg.table_retrain_learning_rate
