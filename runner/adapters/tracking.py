@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -350,8 +352,76 @@ class _Best:
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
-    """A client of the store (a new SQLite store creates its tables here: a second or two)."""
-    return MlflowClient(tracking_uri)
+    """A client of the store. A new SQLite store is made from a copy of an empty one that this
+    MLflow version made before, kept in the user's cache (``$XDG_CACHE_HOME/dcsweep``): making
+    its tables runs MLflow's schema migrations, 2-3 s of CPU at every new sweep storage, where
+    the copy takes milliseconds. MLflow checks the copy's schema as it opens any store; a copy
+    it refuses is removed and the store made anew."""
+    new = _new_sqlite_file(tracking_uri)
+    template = _template()
+    if new is None or template is None:
+        return MlflowClient(tracking_uri)
+    if _is_store(template) and _copy_whole(template, new):
+        try:
+            return MlflowClient(tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - a template MLflow refuses: make the store anew
+            log.warning("the cached empty MLflow store %s was refused (%s); creating the tables instead",
+                        template, str(exc).splitlines()[0][:200])
+            new.unlink(missing_ok=True)
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            with contextlib.suppress(Exception):  # MLflow keeps one engine per URI: not that file's
+                SqlAlchemyStore._engine_map.pop(tracking_uri).dispose()
+    client = MlflowClient(tracking_uri)
+    _copy_whole(new, template)  # still empty: the template of the next new store
+    return client
+
+
+def _new_sqlite_file(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store that does not exist yet (None for anything else)."""
+    if not tracking_uri.startswith("sqlite:///") or "?" in tracking_uri:
+        return None
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    return None if path.exists() or not path.parent.is_dir() else path
+
+
+def _template() -> Path | None:
+    import mlflow
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    if not Path(cache).is_absolute():  # the XDG rule: a relative value is invalid, ignore it
+        return None
+    return Path(cache) / "dcsweep" / f"mlflow-{mlflow.__version__}-empty.db"
+
+
+def _is_store(path: Path) -> bool:
+    """Whether ``path`` is a whole SQLite file with MLflow's tables (checked before copying it:
+    MLflow would keep a connection to a file it refused)."""
+    import sqlite3
+
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return db.execute("PRAGMA quick_check").fetchone() == ("ok",) and {
+                "alembic_version", "experiments", "runs"} <= tables
+    except sqlite3.Error:
+        return False
+
+
+def _copy_whole(source: Path, target: Path) -> bool:
+    """``source`` copied to ``target`` under a temporary name and renamed into place, so no
+    reader ever sees part of it; False (and nothing left) when the copy fails."""
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, part)
+        os.replace(part, target)
+        return True
+    except OSError:
+        part.unlink(missing_ok=True)
+        return False
 
 
 def search_all(client: MlflowClient, experiment_id: str, query: str) -> Iterator[Run]:

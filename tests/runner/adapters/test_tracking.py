@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import sqlite3
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -180,3 +183,33 @@ def test_held_phases_go_with_the_runs_next_call_and_nothing_is_lost(tmp_path: Pa
     history = {m.step: m.value for m in tracker.client.get_metric_history(run, "accuracy")}
     assert history == {0: 0.9, **{step: result.metrics(phase)["accuracy"] for step, phase in
                                   ((1, "pruned"), (2, "shared"), (3, "final"))}}
+
+
+def test_a_new_sqlite_store_is_a_copy_of_the_cached_empty_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The first new store runs MLflow's migrations and leaves its empty copy in the cache; the
+    next new store is that copy (no migration runs) and works; a damaged copy is refused by
+    MLflow, removed, and the store made anew."""
+    import mlflow.store.db.utils as db_utils
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = tracking.open_client(f"sqlite:///{tmp_path / 'a.db'}")
+    template = tmp_path / "cache" / "dcsweep" / f"mlflow-{mlflow.__version__}-empty.db"
+    assert template.is_file() and first.search_experiments()
+    real = db_utils._initialize_tables
+    monkeypatch.setattr(db_utils, "_initialize_tables", lambda engine: pytest.fail("migrated a copied store"))
+    second = tracking.open_client(f"sqlite:///{tmp_path / 'b.db'}")
+    run = second.create_run(second.create_experiment("copied")).info.run_id
+    second.log_batch(run, metrics=[Metric("accuracy", 0.5, 0, 0)])
+    assert second.get_run(run).data.metrics == {"accuracy": 0.5}
+    assert [e.name for e in first.search_experiments()] == ["Default"]  # the stores are apart
+    template.write_bytes(b"SQLite format 3\0" + b"\0" * 100)  # damaged
+    monkeypatch.setattr(db_utils, "_initialize_tables", real)
+    third = tracking.open_client(f"sqlite:///{tmp_path / 'c.db'}")
+    assert [e.name for e in third.search_experiments()] == ["Default"]
+    # whole, but of another schema version: MLflow refuses it, and the store is made anew
+    with contextlib.closing(sqlite3.connect(template)) as db, db:
+        db.execute("UPDATE alembic_version SET version_num = 'f00d'")
+    fourth = tracking.open_client(f"sqlite:///{tmp_path / 'd.db'}")
+    assert [e.name for e in fourth.search_experiments()] == ["Default"] and "was refused" in caplog.text
+    assert list(tmp_path.glob(".*.part")) == []
