@@ -23,7 +23,7 @@ from dcsweep.runner.sweep.stages import StageStore
 
 
 def _sweep(folder: Path, trials: int) -> SweepTracker:
-    tracker = SweepTracker(f"sqlite:///{folder / 'mlflow.db'}", "paged")
+    tracker = SweepTracker(f"sqlite:///{folder / 'mlflow.db'}", "paged", (folder / "artifacts").as_uri())
     for i in range(trials):
         run = tracker.trial_run(f"t_{i}", {"sparsity": 0.5 + i / 100, "k": 4}, f"t_{i}")
         tracker.client.log_batch(run, metrics=[Metric("accuracy", 0.5 + i / 100, 0, 3),
@@ -63,7 +63,7 @@ def _poisoned(*args, **kwargs):
 def _front(folder: Path, name: str) -> tuple[dict[str, bool], dict[str, float], dict[str, float]]:
     """Nine trials through the real tracker: their Pareto flags (as tagged), test and
     validation accuracy, by swept settings."""
-    tracker = SweepTracker(f"sqlite:///{folder / 'mlflow.db'}", name)
+    tracker = SweepTracker(f"sqlite:///{folder / 'mlflow.db'}", name, (folder / "artifacts").as_uri())
     store = StageStore(folder / name)
     for i, (sparsity, k) in enumerate(itertools.product((0.3, 0.6, 0.95), (2, 4, 32))):
         settings = {"sparsity": sparsity, "k": k, "epochs": 4, "prune_epochs": 1, "prune_steps": 1,
@@ -151,7 +151,7 @@ def test_held_phases_go_with_the_runs_next_call_and_nothing_is_lost(tmp_path: Pa
     """A reused phase and the final phase wait for the trial's next call: the trial's metrics,
     stage tags, model-free end and Pareto flag reach MLflow in one log_batch and one
     set_terminated, every step whole; a held batch older than max_hold goes on flush."""
-    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "held")
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "held", (tmp_path / "artifacts").as_uri())
     result = run_cycle({"epochs": 2, "prune_epochs": 1, "prune_steps": 1, "share_epochs": 1, "sparsity": 0.8,
                         "k": 4}, stages=StageStore(tmp_path / "stages"))
     calls: list[str] = []
