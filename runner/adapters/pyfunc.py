@@ -30,10 +30,12 @@ import numpy as np
 log = logging.getLogger("dcsweep")
 
 ARTIFACT_PATH = "model"
+#: One point of validation accuracy (also the parent's ``best_ratio_within_1pt``).
+WITHIN_1PT = 0.01
 #: Aliases of the registered front: highest validation accuracy, and the smallest file within
 #: one and half a point of the dense model's validation accuracy. MLflow allows letters, digits,
 #: '_' and '-' in an alias, so half a point is spelled 0_5pt.
-ALIASES = {"best": None, "smallest-within-1pt": 0.01, "smallest-within-0_5pt": 0.005}
+ALIASES = {"best": None, "smallest-within-1pt": WITHIN_1PT, "smallest-within-0_5pt": WITHIN_1PT / 2}
 RUN_TAG = "dcsweep.run_id"  # on a model version: the trial's run (a version is registered once)
 
 

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from dcsweep.runner.cycle import FINAL, STEPS, ConfigError, CycleResult, Trial
+from dcsweep.runner.cycle import FINAL, PHASES, STEPS, ConfigError, CycleResult, Report, Trial
 from dcsweep.runner.cycle.pareto import dominates, hypervolume, mark_front, write_csv, write_png
 from dcsweep.runner.cycle.results import RATIO_METRIC
 from dcsweep.runner.cycle.run import SENSITIVITY_DIR
@@ -204,6 +204,10 @@ class SweepTracker:
                         tags.append(RunTag(PYFUNC_TAG, model_id))
         if result and allocation:
             self._log_allocation(run_id, result, files)
+        if result is not None:  # steps MLflow lacks (held when an earlier driver died): from the result
+            for phase in (*(p for p in PHASES if p in result.accuracy), FINAL):
+                report = Report.from_metrics((result if phase == FINAL else result.as_of(phase)).metrics(phase))
+                self.log_phase(trial_id, phase, report.numbers, report.stages, hold=True)
         self._join_front(run_id, result, tags)  # tags now; the parent's csv/png at the end
 
     def _log_allocation(self, run_id: str, result: CycleResult, files: Mapping[str, Path]) -> None:
@@ -343,7 +347,8 @@ class _Best:
         if val_accuracy is None:
             return
         self.val_accuracy = max(val_accuracy, self.val_accuracy or 0.0)
-        if dense_val_accuracy is not None and ratio and val_accuracy >= dense_val_accuracy - 0.01:
+        within = dense_val_accuracy is not None and val_accuracy >= dense_val_accuracy - pyfunc.WITHIN_1PT
+        if within and ratio:
             self.ratio_within_1pt = max(ratio, self.ratio_within_1pt or 0.0)
 
     def metrics(self) -> dict[str, float]:

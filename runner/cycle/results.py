@@ -80,6 +80,18 @@ class CycleResult:
         return replace(self, accuracy={**self.accuracy, phase: accuracy}, seconds={**self.seconds, phase: seconds},
                        bytes_by_phase=sizes, stages=stages, val_accuracy={**self.val_accuracy, phase: val_accuracy})
 
+    def as_of(self, phase: str) -> CycleResult:
+        """This result as it stood when ``phase`` (one of PHASES) ended: ``as_of(p).metrics(p)``
+        is what that phase's report held, so a report the driver never logged can be rebuilt."""
+        done = PHASES[: PHASES.index(phase) + 1]
+
+        def only(by_phase: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in by_phase.items() if k in done}
+
+        return replace(self, accuracy=only(self.accuracy), val_accuracy=only(self.val_accuracy),
+                       seconds=only(self.seconds), bytes_by_phase=only(self.bytes_by_phase),
+                       stages=only(self.stages), encoded=None)
+
     def with_seconds(self, **seconds: float) -> CycleResult:
         """More timings; ``total`` is kept the sum of the others."""
         merged = {k: v for k, v in {**self.seconds, **seconds}.items() if k != "total"}

@@ -155,7 +155,7 @@ class _Cycle:
         key = sensitivity_key(self.cfg, self.keys["dense"], sparsities, ks)
         with self.stages.claim("sensitivity", key) as found:
             if found is not None:
-                return Table.from_json(json.loads((found / TABLE_FILE).read_text())), True
+                return _read_table(found), True
             if not dense_ready:
                 self.run_stage("dense", self.keys["dense"], seed_everything(self.cfg.seed), self.stages)
             table = measure(self.model, self.data.validation, self.device, sparsities, ks, coder=self.cfg.coder,
@@ -401,7 +401,12 @@ def cached_table(cfg: CycleConfig, stages: Stages, sparsities: Sequence[float], 
     """The table ``stages`` keep for these settings, found without loading data or models."""
     key = sensitivity_key(cfg, stage_keys(cfg, _dense_digest(cfg))["dense"], sparsities, ks)
     with stages.claim("sensitivity", key) as found:
-        return None if found is None else Table.from_json(json.loads((found / TABLE_FILE).read_text()))
+        return None if found is None else _read_table(found)
+
+
+def _read_table(stage: Path) -> Table:
+    """The table a sensitivity stage's folder keeps."""
+    return Table.from_json(json.loads((stage / TABLE_FILE).read_text()))
 
 
 def train_baseline(config: Mapping[str, Any] | CycleConfig, output: str | Path, progress: bool = False) -> float:

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from dcsweep.runner.adapters import tracking
 from dcsweep.runner.adapters.tracking import SweepTracker, read_trials, sweep_trials
-from dcsweep.runner.cycle import ConfigError, run_cycle
+from dcsweep.runner.cycle import ConfigError, CycleCallbacks, CycleResult, run_cycle
 from dcsweep.runner.cycle import run as cycle_run
 from dcsweep.runner.cycle.datasets import load_dataset
 from dcsweep.runner.cycle.pareto import hypervolume
@@ -213,3 +213,36 @@ def test_a_new_sqlite_store_is_a_copy_of_the_cached_empty_one(tmp_path: Path, mo
     fourth = tracking.open_client(f"sqlite:///{tmp_path / 'd.db'}")
     assert [e.name for e in fourth.search_experiments()] == ["Default"] and "was refused" in caplog.text
     assert list(tmp_path.glob(".*.part")) == []
+
+
+def test_a_trial_finished_by_a_new_driver_gets_every_step_its_reports_had(tmp_path: Path) -> None:
+    """Steps held back when a driver died (or reports it never saw) are rebuilt at the trial's
+    end from its result: the same numbers at the same steps as the live reports logged."""
+    reports: dict[str, dict] = {}
+
+    class Reports(CycleCallbacks):
+        def on_phase_end(self, phase: str, checkpoint_dir: Path | None, result: CycleResult) -> None:
+            reports[phase] = result.metrics(phase)
+
+    result = run_cycle({"epochs": 2, "prune_epochs": 1, "prune_steps": 1, "share_epochs": 1, "sparsity": 0.8,
+                        "k": 4}, stages=StageStore(tmp_path / "stages"), callbacks=Reports())
+    reports["final"] = result.metrics("final")
+    uri, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri()
+    live = SweepTracker(uri, "rebuilt", artifacts)
+    runs = [live.trial_run(t, {"sparsity": 0.8, "k": 4}, t) for t in ("live", "lost")]
+    for phase, metrics in reports.items():
+        report = Report.from_metrics(metrics)
+        live.log_phase("live", phase, report.numbers, report.stages, hold=phase == "final")
+    live.log_phase("lost", "dense", Report.from_metrics(reports["dense"]).numbers, hold=True)  # then it dies
+    live.finish_trial("live", result, {})
+    restarted = SweepTracker(uri, "rebuilt", artifacts)
+    restarted.trial_run("lost", {"sparsity": 0.8, "k": 4}, "lost")
+    restarted.finish_trial("lost", result, {})
+    client = MlflowClient(uri)
+    kept = [client.get_run(r).data for r in runs]
+    assert kept[0].metrics.keys() == kept[1].metrics.keys() and len(kept[0].metrics) > 10
+    for key in kept[0].metrics:
+        history = [{(m.step, m.value) for m in client.get_metric_history(r, key)} for r in runs]
+        assert history[0] == history[1], key
+    stage_tags = [{k: v for k, v in k_.tags.items() if k.startswith(tracking.STAGE_TAG)} for k_ in kept]
+    assert stage_tags[0] == stage_tags[1] and stage_tags[0]
