@@ -69,7 +69,7 @@ class SweepTracker:
                                                     tags={ROLE: "parent", SWEEP: name}).info.run_id
             self.client.log_batch(self.parent_id, params=[Param(k, _param(v)) for k, v in (params or {}).items()])
         self._runs: dict[str, str] = {}  # trial id -> run id
-        self._last_step: dict[str, int] = {}  # run id -> last metric step logged
+        self._logged: dict[str, set[int]] = {}  # run id -> metric steps logged (a resumed trial can skip some)
         # run id -> step -> (metrics, tags) held back to go with the run's next call (see log_phase)
         self._held: dict[str, dict[int, tuple[list[Metric], list[RunTag]]]] = {}
         self._held_since: dict[str, float] = {}  # run id -> monotonic time its oldest held step came
@@ -101,7 +101,7 @@ class SweepTracker:
             run_id = found[0].info.run_id
             self._status[run_id] = found[0].info.status
             history = self.client.get_metric_history(run_id, "accuracy")
-            self._last_step[run_id] = max((m.step for m in history), default=-1)
+            self._logged[run_id] = {m.step for m in history}
             missing = {k: v for k, v in params.items() if k not in found[0].data.params}
             if missing:  # created just before MLflow went away: its params never arrived
                 self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in missing.items()])
@@ -109,7 +109,7 @@ class SweepTracker:
             run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags={
                 PARENT_TAG: self.parent_id, ROLE: "child", SWEEP: self.name, TRIAL: trial_id}).info.run_id
             self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
-            self._last_step[run_id], self._status[run_id] = -1, "RUNNING"
+            self._logged[run_id], self._status[run_id] = set(), "RUNNING"
         self._runs[trial_id] = run_id
         return run_id
 
@@ -135,12 +135,13 @@ class SweepTracker:
         or :meth:`flush` after ``max_hold`` seconds): a phase taken from the stages comes a few
         milliseconds before the next, and the final phase just before the trial's artifacts, so
         a trial costs one MLflow call where it cost four (each 10-20 ms on SQLite, a round trip
-        on a server). Nothing held is lost to a dead driver: a resumed sweep logs every step
-        MLflow lacks from Tune's results."""
+        on a server). Nothing held is lost with a killed driver: a trial's end logs every step
+        its run lacks from the trial's result (:meth:`finish_trial`), and a resumed sweep's end
+        those of unfinished trials from Tune's rows (``sync_results``)."""
         run_id = self._runs[trial_id]
         step = STEPS[phase]
         held = self._held.setdefault(run_id, {})
-        if step <= self._last_step.get(run_id, -1) or step in held or self.finished(trial_id):
+        if step in self._logged.setdefault(run_id, set()) or step in held or self.finished(trial_id):
             return
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
@@ -169,7 +170,7 @@ class SweepTracker:
         if every or latest:
             self.client.log_batch(run_id, metrics=every, tags=list(latest.values()))
         if held:
-            self._last_step[run_id] = max(self._last_step.get(run_id, -1), *held)
+            self._logged.setdefault(run_id, set()).update(held)
 
     def log_stage_totals(self, computed: int, reused: int, seconds_saved: float) -> None:
         """On the parent: stages this sweep's trials computed and took from others (or from
