@@ -109,6 +109,8 @@ def test_human_output(capsys, tmp_path: Path) -> None:
     (["sensitivity", "--sparsities", "0.5,1.2", "--storage", "{tmp}/s"], r"--sparsities=\[1.2\] is not allowed"),
     (["sensitivity", "--k", "4,x", "--storage", "{tmp}/s"], r"argument --k: needs comma-separated ints; got '4,x'"),
     (["sensitivity", "--model", "lenet9", "--storage", "{tmp}/s"], r"model='lenet9' is not allowed"),
+    (["sensitivity", "--retrain-epochs", "1", "--retrain-lr", "-1", "--storage", "{tmp}/s"],
+     r"table_retrain_lr=-1.0 is not allowed; table_retrain_lr must be a number in \(0, 10\]"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str], message: str) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

@@ -36,6 +36,7 @@ def test_defaults_and_round_trip() -> None:
     ({"batch_size": 0}, r"batch_size=0"),
     ({"lr": 0.0}, r"lr=0.0 is not allowed; lr must be a number in \(0, 10\]"),
     ({"share_lr": float("nan")}, r"share_lr=nan"),
+    ({"table_retrain_lr": 0}, r"table_retrain_lr=0 is not allowed; table_retrain_lr must be a number in \(0, 10\]"),
     ({"momentum": 1.0}, r"momentum=1.0"),
     ({"weight_decay": -1e-4}, r"weight_decay=-0.0001"),
     ({"seed": -1}, r"seed=-1"),
