@@ -205,10 +205,12 @@ class SweepTracker:
                         tags.append(RunTag(PYFUNC_TAG, model_id))
         if result and allocation:
             self._log_allocation(run_id, result, files)
+        have = self._logged.get(run_id, set()) | set(self._held.get(run_id, {}))
         if result is not None:  # steps MLflow lacks (held when an earlier driver died): from the result
             for phase in (*(p for p in PHASES if p in result.accuracy), FINAL):
-                report = Report.from_metrics((result if phase == FINAL else result.as_of(phase)).metrics(phase))
-                self.log_phase(trial_id, phase, report.numbers, report.stages, hold=True)
+                if STEPS[phase] not in have:
+                    report = Report.from_metrics((result if phase == FINAL else result.as_of(phase)).metrics(phase))
+                    self.log_phase(trial_id, phase, report.numbers, report.stages, hold=True)
         self._join_front(run_id, result, tags)  # tags now; the parent's csv/png at the end
 
     def _log_allocation(self, run_id: str, result: CycleResult, files: Mapping[str, Path]) -> None:
@@ -239,18 +241,18 @@ class SweepTracker:
         point = None if final.get("val_accuracy") is None else (  # from before the validation split: never on it
             float(final["val_accuracy"]), int(final["compressed_bytes"]))
         optimal = point is not None and not any(dominates(other, point) for other in self._front.values())
-        if point is not None and optimal:
+        if optimal and point is not None:
             for other, where in list(self._front.items()):
                 if dominates(point, where):
                     self._flag(other, False)
                     del self._front[other]
             self._front[run_id] = point
-        self._end(run_id, *self._flag_batch(optimal), tags=tags)
+        metrics, flags = self._flag_batch(optimal)
+        self._end(run_id, metrics, [*tags, *flags])
         self._log_summary()
 
-    def _end(self, run_id: str, metrics: list[Metric] | None = None, flags: list[RunTag] | None = None,
-             tags: list[RunTag] | None = None) -> None:
-        self._send(run_id, metrics, [*(tags or []), *(flags or [])])
+    def _end(self, run_id: str, metrics: list[Metric] | None = None, tags: list[RunTag] | None = None) -> None:
+        self._send(run_id, metrics, tags)
         self.client.set_terminated(run_id, "FINISHED")
         self._status[run_id] = "FINISHED"
 
