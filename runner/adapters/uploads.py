@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from typing import Any
 
@@ -22,6 +23,13 @@ from dcsweep.runner.sweep.storage import is_full
 
 #: Destinations of copies that failed on a full device, in this process.
 FULL_WRITES: list[str] = []
+#: A source file is copied again unless it is unchanged (size, inode, mtime and ctime, which
+#: no one can set back) since its last copy *and* was last changed this much before that copy:
+#: a file rewritten at the same size within one tick of a coarse clock keeps its times, and is
+#: still copied (git's "racily clean" rule).
+SETTLED_S = 2.0
+#: destination -> (the source's size, inode, mtime_ns and ctime_ns when last copied there, when).
+_COPIED: dict[str, tuple[tuple[int, int, int, int], float]] = {}
 _ORIGINAL = "_dcsweep_original_copy_files"
 _ORIGINAL_DELETE = "_dcsweep_original_delete_fs_path"
 
@@ -79,22 +87,32 @@ def _copy_all(pairs: list[tuple[str, str]]) -> None:
     searcher's state in separate files; when only the searcher's newer state fitted on a full
     device, a resume found the searcher past a trial that the trial list never had, and the
     trial was lost. A rename needs no space, so once every copy fits the whole set lands.
-    One plain copy per file, not a pyarrow ``copy_files`` (threads and all); every file every
-    time: a file rewritten at the same size can keep its coarse mtime."""
-    temporaries: list[tuple[str, str]] = []
+    One plain copy per file, not a pyarrow ``copy_files`` (threads and all), and only the files
+    that changed since this process last copied them (see ``SETTLED_S``): Tune uploads its whole
+    experiment folder at every snapshot, and the finished trials' files in it would otherwise be
+    copied again every half second, a cost that grows with the trials."""
+    temporaries: list[tuple[str, str, tuple[tuple[int, int, int, int], float]]] = []
+    now = time.time()
     try:
         for source, destination in pairs:
+            stat = os.stat(source)
+            seen = (stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns)
+            last = _COPIED.get(destination)
+            if (last is not None and last[0] == seen and max(seen[2:]) / 1e9 < last[1] - SETTLED_S
+                    and os.path.exists(destination)):
+                continue
             os.makedirs(os.path.dirname(destination), exist_ok=True)
             temporary = os.path.join(os.path.dirname(destination),
                                      f".{os.path.basename(destination)}.{uuid.uuid4().hex[:8]}.part")
-            temporaries.append((temporary, destination))
+            temporaries.append((temporary, destination, (seen, now)))
             shutil.copyfile(source, temporary)
     except BaseException as exc:
-        for temporary, _ in temporaries:
+        for temporary, _, _ in temporaries:
             with contextlib.suppress(OSError):  # never created, or the device refuses even this
                 os.unlink(temporary)
         if is_full(exc):
             FULL_WRITES.append(temporaries[-1][1] if temporaries else "")
         raise
-    for temporary, destination in temporaries:
+    for temporary, destination, copied in temporaries:
         os.replace(temporary, destination)
+        _COPIED[destination] = copied

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,36 @@ def test_a_folder_is_copied_whole_and_again_after_a_change(tmp_path: Path) -> No
     assert _tree(target) == _tree(source)
     assert os.stat(target / "trial_1" / "result.json").st_ino != before  # renamed into place, not rewritten
     assert not [p for p in target.rglob("*.part")]
+
+
+def test_a_settled_file_is_not_copied_again(tmp_path: Path) -> None:
+    """Tune uploads its whole experiment folder at every snapshot: a finished trial's files,
+    unchanged since their last copy and older than the settling window, are not copied again;
+    a file changed since, or changed within the window of its copy, is."""
+    from dcsweep.runner.adapters import uploads
+    from dcsweep.runner.adapters.uploads import SETTLED_S
+
+    source, target = tmp_path / "staging", tmp_path / "storage"
+    (source / "done").mkdir(parents=True)
+    (source / "done" / "result.json").write_text('{"phase": "final"}\n')
+    (source / "experiment_state.json").write_text('{"trials": 1}')
+    old = os.stat(source / "done" / "result.json").st_mtime - 10 * SETTLED_S
+    os.utime(source / "done" / "result.json", (old, old))
+    local = fs.LocalFileSystem()
+    _copy_files(str(source), str(target), source_filesystem=local, destination_filesystem=local)
+    uploads._COPIED[str(target / "done" / "result.json")] = (  # as if copied SETTLED_S after its last change
+        uploads._COPIED[str(target / "done" / "result.json")][0], time.time() + 2 * SETTLED_S)
+    settled, recent = (os.stat(target / name).st_ino for name in ("done/result.json", "experiment_state.json"))
+
+    _copy_files(str(source), str(target), source_filesystem=local, destination_filesystem=local)
+    assert os.stat(target / "done" / "result.json").st_ino == settled  # not copied again
+    assert os.stat(target / "experiment_state.json").st_ino != recent  # within the window: copied again
+
+    (source / "done" / "result.json").write_text('{"phase": "FINAL"}\n')  # same size, new content,
+    os.utime(source / "done" / "result.json", (old, old))  # even with its mtime set back (not its ctime)
+    (target / "experiment_state.json").unlink()  # gone from the storage: copied again
+    _copy_files(str(source), str(target), source_filesystem=local, destination_filesystem=local)
+    assert _tree(target) == _tree(source)
 
 
 def test_a_single_file_is_renamed_into_place(tmp_path: Path) -> None:
