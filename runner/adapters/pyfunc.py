@@ -18,6 +18,7 @@ signature, read from the .dcz header; the input example is one such image of zer
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import shutil
@@ -54,10 +55,22 @@ class DczModel:
 
 
 def warm_up() -> None:
-    """Import what :func:`save_model` needs (MLflow's model and schema code: seconds)."""
+    """Import what :func:`save_model` needs (MLflow's model and schema code: seconds), and let
+    MLflow build its map of installed packages, which its first ``save_model`` builds to check
+    the requirements against the environment (1.4 s of CPU here, once per process)."""
     import mlflow.models
     import mlflow.pyfunc
     import mlflow.types.schema  # noqa: F401
+
+    with contextlib.suppress(Exception):  # a private helper: if it moves, the first save pays
+        from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+
+        warn_dependency_requirement_mismatches(_requirements())
+
+
+def _requirements() -> list[str]:
+    """Named, not inferred: inferring loads the model in a subprocess, seconds per trial."""
+    return [f"dcsweep=={_version()}", f"torch>={_major_minor('torch')}", "numpy"]
 
 
 def _load_pyfunc(data_path: str) -> DczModel:
@@ -83,9 +96,7 @@ def save_model(dcz: Path, folder: Path) -> Path:
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes))]))
     mlflow.pyfunc.save_model(
         str(folder), loader_module=__name__, data_path=str(dcz), signature=signature,
-        input_example=np.zeros((1, *shape), np.float32),
-        # named, not inferred: inferring loads the model in a subprocess, seconds per trial
-        pip_requirements=[f"dcsweep=={_version()}", f"torch>={_major_minor('torch')}", "numpy"])
+        input_example=np.zeros((1, *shape), np.float32), pip_requirements=_requirements())
     return folder
 
 
