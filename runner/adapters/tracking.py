@@ -57,6 +57,10 @@ class SweepTracker:
         else:
             self.experiment_id = exp.experiment_id
         parents = self._search(f"tags.`{ROLE}` = 'parent'")
+        # a parent made here has no child runs but those this driver makes: a trial's run is
+        # then looked up only after an attempt to make it (a search a trial, growing with them)
+        self._fresh = not parents
+        self._attempted: set[str] = set()  # trial ids whose run this driver tried to create
         if parents:  # a resumed sweep: its parent runs again
             self.parent_id = parents[0].info.run_id
             if parents[0].info.status != "RUNNING":
@@ -96,7 +100,8 @@ class SweepTracker:
         its params. Its status is left as it is."""
         if trial_id in self._runs:
             return self._runs[trial_id]
-        found = self._search(f"tags.`{TRIAL}` = '{trial_id}'")
+        unseen = self._fresh and trial_id not in self._attempted
+        found = [] if unseen else self._search(f"tags.`{TRIAL}` = '{trial_id}'")
         if found:
             run_id = found[0].info.run_id
             self._status[run_id] = found[0].info.status
@@ -106,6 +111,7 @@ class SweepTracker:
             if missing:  # created just before MLflow went away: its params never arrived
                 self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in missing.items()])
         else:
+            self._attempted.add(trial_id)
             run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags={
                 PARENT_TAG: self.parent_id, ROLE: "child", SWEEP: self.name, TRIAL: trial_id}).info.run_id
             self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])

@@ -215,6 +215,34 @@ def test_a_new_sqlite_store_is_a_copy_of_the_cached_empty_one(tmp_path: Path, mo
     assert list(tmp_path.glob(".*.part")) == []
 
 
+def test_a_new_sweep_finds_no_run_to_search_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep whose parent run this driver made searches for a trial's run only after trying
+    to make it (a run made just before MLflow failed is found, not made twice); a resumed sweep
+    finds the runs of its trials."""
+    uri, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri()
+    tracker = SweepTracker(uri, "fresh", artifacts)
+    searches: list[str] = []
+    real_search, real_batch = tracker.client.search_runs, tracker.client.log_batch
+    monkeypatch.setattr(tracker.client, "search_runs", lambda *a, **k: (searches.append(k["filter_string"]),
+                                                                         real_search(*a, **k))[1])
+    first = tracker.trial_run("t0", {"k": 4}, "t0")
+    assert searches == []
+
+    def fail_once(*a, **k):
+        monkeypatch.setattr(tracker.client, "log_batch", real_batch)
+        raise mlflow.exceptions.MlflowException("the store went away")
+
+    monkeypatch.setattr(tracker.client, "log_batch", fail_once)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        tracker.trial_run("t1", {"k": 8}, "t1")  # created, its params lost
+    second = tracker.trial_run("t1", {"k": 8}, "t1")
+    assert len(searches) == 1 and tracker.client.get_run(second).data.params == {"k": "8"}
+    resumed = SweepTracker(uri, "fresh", artifacts)
+    assert [resumed.trial_run(t, {"k": 4}, t) for t in ("t0", "t1")] == [first, second]
+    children = real_search([tracker.experiment_id], f"tags.`{tracking.ROLE}` = 'child'")
+    assert len(children) == 2
+
+
 def test_a_trial_finished_by_a_new_driver_gets_every_step_its_reports_had(tmp_path: Path) -> None:
     """Steps held back when a driver died (or reports it never saw) are rebuilt at the trial's
     end from its result: the same numbers at the same steps as the live reports logged."""
