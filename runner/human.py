@@ -70,7 +70,6 @@ def print_human(command: str, result: dict[str, Any]) -> None:
     elif command in ("run", "resume", "pareto"):
         from .cycle.pareto import label  # torch comes with it: only when a sweep's table is printed
 
-
         trials = result["trials"]
         print(f"{result['name']}: {len(trials)} finished trials; * = Pareto-optimal (validation accuracy up, "
               f"size down)")
