@@ -64,6 +64,14 @@ MAX_HEADER_JSON = 64 << 20  # bytes the header may inflate to (a record is about
 MAX_NAME = 1024  # characters of a tensor name
 MAX_DIMS = 64  # dimensions of a tensor
 MAX_CODEBOOK = 1 << 16
+MAX_ELEMENTS = 1 << 40  # of one tensor, and of any one dimension (a zero-size tensor too)
+MAX_COUNT = 1 << 62  # any other integer of a record: part sizes in bytes, counts
+HEADER_KEYS = frozenset({"arch", "coder", "body", "tensors"})
+RECORD_KEYS = frozenset({"n", "t", "d", "s", "p", "z", "nz", "k", "b", "g"})
+#: A header inflates to at most this many times its packed size. Ours: 3-5x for real models,
+#: 30x for 3,000 identical layers; a JSON bomb of empty objects: about 1000x, and each inflated
+#: byte of it takes 25 bytes once parsed into Python objects.
+MAX_HEADER_INFLATION = 128
 #: Loading a file without a model instance gives its tensors at most this many elements per
 #: byte of file. The paper's best ratio is 49x (about 12 weights per byte); 1024 leaves room for
 #: far sparser models and still refuses a 7 KB file that declares a billion weights.
@@ -103,16 +111,19 @@ class Record:
             kind, sizes = raw["t"], raw["z"]
             shape = tuple(raw["s"])
             ints = (*shape, *sizes, raw["nz"], raw["k"], raw["b"], raw["g"])
-            ok = (isinstance(raw["n"], str) and 0 < len(raw["n"]) <= MAX_NAME and raw["d"] in DTYPES
-                  and len(shape) <= MAX_DIMS and isinstance(sizes, list) and len(sizes) == len(KINDS[kind])
-                  and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints))
+            ok = (set(raw) == RECORD_KEYS and isinstance(raw["n"], str) and 0 < len(raw["n"]) <= MAX_NAME
+                  and raw["d"] in DTYPES and len(shape) <= MAX_DIMS and isinstance(sizes, list)
+                  and len(sizes) == len(KINDS[kind])
+                  and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT for v in ints)
+                  and all(v <= MAX_ELEMENTS for v in shape) and math.prod(shape) <= MAX_ELEMENTS)
             rec = cls(raw["n"], kind, raw["d"], shape, bool(raw["p"]), dict(zip(KINDS[kind], sizes, strict=True)),
                       raw["nz"], raw["k"], raw["b"], raw["g"]) if ok else None
         except (KeyError, TypeError, ValueError):
             rec = None
-        problem = rec.problem() if rec is not None else "fields are missing or of the wrong type"
+        problem = rec.problem() if rec is not None else ("fields are missing, unknown, of the wrong type or "
+                                                         f"out of range (at most {MAX_ELEMENTS} elements)")
         if rec is None or problem:
-            raise CompressedFileError(f"malformed tensor record in header ({problem}): {str(raw)[:200]}")
+            raise CompressedFileError(f"malformed tensor record in header ({problem}): {_excerpt(raw)}")
         return rec
 
     def problem(self) -> str | None:
@@ -268,7 +279,8 @@ def parse(data: bytes | memoryview) -> Parsed:
     if zlib.crc32(view[:head_end]) != crc:
         raise CompressedFileError("header checksum mismatch: the file is corrupted")
     try:
-        header = json.loads(inflate(view[_PREFIX.size:head_end], MAX_HEADER_JSON, "header"))
+        inflated_limit = min(MAX_HEADER_JSON, max(1 << 16, MAX_HEADER_INFLATION * header_len))
+        header = json.loads(inflate(view[_PREFIX.size:head_end], inflated_limit, "header"))
         records = _records(header)
         body_len = header["body"]
         get_coder(header["coder"])
@@ -291,6 +303,15 @@ def parse(data: bytes | memoryview) -> Parsed:
     return Parsed(header, records, body, expected - body_len)
 
 
+def _excerpt(raw: Any, limit: int = 200) -> str:
+    """The start of a value from a file, for an error message: printable, and never an error
+    itself (Python refuses to print integers of over 4,300 digits)."""
+    try:
+        return printable(str(raw), limit)
+    except ValueError:
+        return f"<a {type(raw).__name__} too large to show>"
+
+
 def printable(name: str, limit: int = 100) -> str:
     """A name from a file as it may be shown on a terminal: control characters escaped."""
     return name[:limit] if name[:limit].isprintable() else ascii(name[:limit])[1:-1]
@@ -299,6 +320,9 @@ def printable(name: str, limit: int = 100) -> str:
 def _records(header: Any) -> tuple[Record, ...]:
     if not isinstance(header, dict) or not isinstance(header.get("tensors"), list):
         raise ValueError("the header is not an object with a 'tensors' list")
+    if unknown := set(header) - HEADER_KEYS:  # a later format adds keys with a new version
+        raise ValueError(f"the header has unknown keys {[_excerpt(k, 40) for k in sorted(unknown)[:5]]}; "
+                         f"version {FORMAT_VERSION} has {sorted(HEADER_KEYS)}")
     arch = header.get("arch")
     if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)
                                  and isinstance(arch.get("kwargs", {}), dict)):
@@ -318,6 +342,8 @@ def parse_file(path: str | Path) -> Parsed:
         data = Path(path).read_bytes()
     except IsADirectoryError:
         raise CompressedFileError(f"{path} is a directory, not a .dcz file") from None
+    except OSError as exc:
+        raise CompressedFileError(f"{path} cannot be read: {exc.strerror or exc}") from None
     try:
         return parse(data)
     except CompressedFileError as exc:

@@ -184,11 +184,22 @@ def huffman_decode(payload: bytes, lengths: np.ndarray, count: int) -> np.ndarra
         raise ValueError("an empty code cannot decode any symbol")
     if present.size == 1:
         return np.full(count, present[0], dtype=np.int64)
+    # The work and memory of decoding follow the payload's length: bound it by the count first.
+    bits = lengths.astype(np.int64)
+    fewest, most = (count * int(bits[present].min()) + 7) // 8, (count * int(bits[present].max()) + 7) // 8
+    if not fewest <= len(payload) <= most:
+        raise ValueError(f"payload holds {len(payload)} bytes; {count} codes take {fewest} to {most}")
     table, max_len = _decode_table(lengths)
     total = len(payload) * 8
     padded = np.frombuffer(bytes(payload) + b"\0" * ((-len(payload)) % 4 + 8), dtype=">u4").astype(np.uint64)
     pairs = (padded[:-1] << np.uint64(32)) | padded[1:]
-    return _ChunkDecoder(pairs, table, max_len, total).run(count)
+    symbols = _ChunkDecoder(pairs, table, max_len, total).run(count)
+    used = int(bits[symbols].sum())
+    if used > total:
+        raise ValueError(f"payload ends inside its last code ({used} bits coded, {total} present)")
+    if total - used >= 8:
+        raise ValueError(f"payload holds {(total - used) // 8} bytes after its last code")
+    return symbols
 
 
 class _ChunkDecoder:

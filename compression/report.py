@@ -103,8 +103,9 @@ class SizeReport:
                         f"{r.index_bits or '':>3} {r.codebook:>8} {r.indices:>9} {r.positions:>9} "
                         f"{r.dense:>9} {r.tables:>6} {r.bytes:>9}")
         if self.dense_weights:
-            rows.append(f"weights stored dense (not pruned or shared): {', '.join(self.dense_weights)}; "
-                        f"the library compresses {DENSE_WEIGHTS_NOTE}")
+            names = ", ".join(map(printable, self.dense_weights))
+            rows.append(f"weights stored dense (not pruned or shared): {names}; the library compresses "
+                        f"{DENSE_WEIGHTS_NOTE}")
         rows.append(f"container (header, checksums): {self.container_bytes} B; overhead in all: "
                     f"{self.overhead_bytes} B")
         rows.append(f"total {self.total_bytes} B ({self.coder}) from {self.dense_bytes} B dense float32: "

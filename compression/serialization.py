@@ -90,7 +90,7 @@ def load_compressed(path: str | Path, model: nn.Module | None = None, *,
     _check_matches(path, parsed, shape_of)
     decoded = {d.record.name: d for d in _named(path, decode_records(parsed, limit))}
     if model is None:  # the meta model showed the file fits; now give it memory
-        model = build_architecture(parsed.header["arch"])
+        model = _materialise(path, parsed, shape_of)
     targets = {name: (module, attr) for name, module, attr, _ in model_tensors(model)}
     for name, d in decoded.items():
         _restore(model, name, *targets[name], d)
@@ -118,6 +118,20 @@ def _architecture_of(path: str | Path, parsed: Parsed) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 -- a builder given hostile numbers may fail in any way
         raise CompressedFileError(f"{path}: architecture {(arch or {}).get('name')!r} cannot be built with the file's "
                                   f"kwargs {str(kwargs)[:200]}: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _materialise(path: str | Path, parsed: Parsed, meta: nn.Module) -> nn.Module:
+    """The meta model given memory for exactly its tensors, which the file then fills: the
+    builder is not run again for real, so whatever it would allocate beside its tensors (a
+    probe input sized by the file's kwargs, say) is never allocated. A model with
+    non-persistent buffers, which the file does not hold, is built for real instead."""
+    if not any(m._non_persistent_buffers_set for m in meta.modules()):
+        return meta.to_empty(device="cpu")
+    try:
+        return build_architecture(parsed.header["arch"])
+    except Exception as exc:  # noqa: BLE001 -- as for the meta build: hostile numbers fail in any way
+        raise CompressedFileError(f"{path}: architecture cannot be built: {type(exc).__name__}: "
+                                  f"{str(exc)[:200]}") from None
 
 
 def _check_matches(path: str | Path, parsed: Parsed, model: nn.Module) -> None:

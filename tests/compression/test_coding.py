@@ -110,11 +110,13 @@ def test_sizes_near_entropy_on_a_skewed_stream() -> None:
 def test_corrupt_payloads_raise_value_error() -> None:
     s = np.random.default_rng(0).integers(0, 9, 5000)
     payload, lengths = huffman_encode(s, 9)
-    with pytest.raises(ValueError, match="symbols; 5000 were expected"):
-        huffman_decode(payload[: len(payload) // 2], lengths, s.size)
+    with pytest.raises(ValueError, match="1003 bytes; 5000 codes take 1875 to 2500"):
+        huffman_decode(payload[: len(payload) // 2], lengths, s.size)  # refused before decoding
+    with pytest.raises(ValueError, match="symbols; 5000 were expected|ends inside its last code"):
+        huffman_decode(payload[:-2], lengths, s.size)
     incomplete = np.array([1, 2, 0, 0], dtype=np.uint8)  # "11" is no code
     with pytest.raises(ValueError, match="not a code"):
-        huffman_decode(b"\xff\xff", incomplete, 4)
+        huffman_decode(b"\xff", incomplete, 4)
     with pytest.raises(ValueError, match="Kraft"):
         huffman_decode(b"\x00", np.array([1, 1, 1], dtype=np.uint8), 1)
     ans = get_coder("ans")
@@ -123,6 +125,20 @@ def test_corrupt_payloads_raise_value_error() -> None:
         ans.decode(coded, 9, s.size + 1)
     with pytest.raises(ValueError, match="coder must be one of"):
         get_coder("zip")
+
+
+def test_a_payload_must_end_with_its_last_code() -> None:
+    lengths = np.array([1, 2, 2])  # codes 0, 10, 11
+    assert huffman_decode(b"\x7e", lengths, 5).tolist() == [0, 2, 2, 2, 0]  # 0 11 11 11 0
+    assert huffman_decode(b"\x7e", lengths, 4).tolist() == [0, 2, 2, 2]  # and a bit of padding
+    with pytest.raises(ValueError, match="ends inside its last code"):  # the fifth code needs a ninth bit
+        huffman_decode(b"\x7f", lengths, 5)
+    with pytest.raises(ValueError, match="1 bytes after its last code"):
+        huffman_decode(b"\x7e\x00", lengths, 5)
+    with pytest.raises(ValueError, match="1000 bytes; 1 codes take 1 to 1"):  # 8,000 bits for one code
+        huffman_decode(b"\x00" * 1000, lengths, 1)
+    with pytest.raises(ValueError, match="0 bytes; 5 codes take 1 to 2"):
+        huffman_decode(b"", lengths, 5)
 
 
 @settings(max_examples=200, deadline=None)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -105,6 +106,13 @@ CRAFTED = {
     "a record that is a list": (lambda h: h["tensors"].__setitem__(0, [1, 2]), "wrong type"),
     "an unknown dtype": (lambda h: record(h, "1.bias").update(d="complex128"), "wrong type"),
     "65 dimensions": (lambda h: record(h, "1.bias").update(s=[1] * 65), "wrong type"),
+    "a zero-size tensor with a dimension of 10**30": (lambda h: record(h, "1.bias").update(s=[0, 10**30]),
+                                                      "out of range"),
+    "dimensions whose product overflows int64": (lambda h: record(h, "1.bias").update(s=[1 << 62, 1 << 62, 0]),
+                                                 "out of range"),
+    "4,001-digit dimensions": (lambda h: record(h, "1.bias").update(s=[10**4000, 10**4000]), "out of range"),
+    "an unknown record key": (lambda h: record(h, "1.bias").update(x=[{}] * 1000), "unknown"),
+    "an unknown header key": (lambda h: h.update(x=[{}] * 1000), r"unknown keys \['x'\]"),
     "a duplicate record": (lambda h: h["tensors"].append(h["tensors"][0]), "has two records"),
     "tensors not a list": (lambda h: h.update(tensors={"a": 1}), "'tensors' list"),
     "an architecture that is a string": (lambda h: h.update(arch="lenet"), "architecture record"),
@@ -178,6 +186,56 @@ def test_deeply_nested_json_is_refused(tmp_path: Path) -> None:
     data = pack({}, b"", packed_header=zlib.compress(nested))
     with pytest.raises(CompressedFileError, match="header is not valid"):
         load(data, tmp_path)
+
+
+def test_a_header_that_inflates_far_more_than_ours_is_refused(tmp_path: Path) -> None:
+    """Empty JSON objects inflate about 1000x and take 25 bytes of memory per byte once parsed;
+    a real header inflates 3-30x."""
+    objects = b'{"tensors":[],"arch":null,"coder":"huffman","body":0,"x":[' + b"{}," * (1 << 20) + b"{}]}"
+    data = pack({}, b"", packed_header=zlib.compress(objects, 9))
+    assert len(objects) > 128 * len(zlib.compress(objects, 9))
+    with pytest.raises(CompressedFileError, match="inflates past its limit"):
+        load(data, tmp_path)
+
+
+def test_a_file_that_cannot_be_read_raises_the_one_error(tmp_path: Path) -> None:
+    (tmp_path / "f.dcz").write_bytes(good_file())
+    with pytest.raises(CompressedFileError, match="cannot be read"):
+        read_compressed(tmp_path / "f.dcz" / "x")  # a path through a file: NotADirectoryError
+
+
+def test_a_model_built_from_a_file_gets_memory_for_its_tensors_only(tmp_path: Path) -> None:
+    """LeNet-5's builder runs a probe input through its convolutions to size fc1; a file could
+    size that probe at 40 GB while its own tensors stay within bounds. The loader builds the
+    model on the meta device only and gives memory to the tensors the file then fills."""
+    devices: list[str] = []
+
+    def build(probe: list[int] = [4]) -> nn.Module:  # noqa: B006 -- a file's kwargs are lists
+        devices.append(torch.zeros(*probe).device.type)  # sized by the file, not one of the model's tensors
+        return nn.Sequential(nn.Linear(4, 4))
+
+    register_architecture("untrusted-probe", build, kwargs=("probe",))
+    model = nn.Sequential(nn.Linear(4, 4))
+    prune_(model, MagnitudePrune(sparsity=0.5))
+    save_compressed(model, tmp_path / "m.dcz", arch={"name": "untrusted-probe", "kwargs": {"probe": [4]}})
+    data = edited((tmp_path / "m.dcz").read_bytes(), lambda h: h["arch"]["kwargs"].update(probe=[1 << 20] * 2))
+    loaded = load(data, tmp_path)  # a real probe of 2**40 floats would need 4 TiB
+    assert devices == ["meta"]
+    assert torch.equal(loaded[0].weight, model[0].weight) and torch.equal(loaded[0].bias, model[0].bias)
+
+
+def test_a_model_with_buffers_the_file_does_not_hold_is_built_for_real(tmp_path: Path) -> None:
+    def build() -> nn.Module:
+        model = nn.Sequential(nn.Linear(4, 4))
+        model[0].register_buffer("scale", torch.arange(4.0), persistent=False)  # not in state_dict, nor the file
+        return model
+
+    register_architecture("untrusted-nonpersistent", build)
+    model = build()
+    prune_(model, MagnitudePrune(sparsity=0.5))
+    save_compressed(model, tmp_path / "m.dcz", arch={"name": "untrusted-nonpersistent"})
+    loaded = load_compressed(tmp_path / "m.dcz")
+    assert torch.equal(loaded[0].scale, torch.arange(4.0)) and torch.equal(loaded[0].weight, model[0].weight)
 
 
 BOMBS = r'''
@@ -277,8 +335,10 @@ def test_names_with_control_characters_are_escaped(tmp_path: Path) -> None:
     model.add_module("evil\x1b]0;pwned\x07\x1b[2J", nn.Linear(4, 4))
     prune_(model, MagnitudePrune(sparsity=0.5))
     save_compressed(model, tmp_path / "e.dcz")
+    model.add_module("dense\x1b[31m", nn.Linear(4, 4))  # a weight stored dense is named on a line of its own
+    save_compressed(model, tmp_path / "e.dcz")
     table = size_report(tmp_path / "e.dcz").format_table()
-    assert "\x1b" not in table and "\x07" not in table and "\\x1b[2J" in table
+    assert "\x1b" not in table and "\x07" not in table and "\\x1b[2J" in table and "dense\\x1b[31m" in table
     data = edited((tmp_path / "e.dcz").read_bytes(), lambda h: h["tensors"].append(h["tensors"][0]))
     with pytest.raises(CompressedFileError) as info:
         load(data, tmp_path)
