@@ -36,6 +36,11 @@ RANGES = ("uniform", "loguniform", "randint")
 #: A space file is a few hundred bytes; these bound what an untrusted one can make us hold.
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000  # values after YAML aliases are expanded (a 590-byte alias bomb expands to billions)
+MIN_CPU = 0.01  # per trial: Ray schedules fractions of a CPU down to 1/10,000; a hundredth is plenty
+MAX_RESOURCE = 1024.0  # CPUs or GPUs per trial
+MAX_TRIALS = 100_000  # a sweep's trials; the driver lists a grid's points before it starts
+MAX_SEED = (1 << 32) - 1  # what Optuna's and numpy's samplers take
+MAX_DESCRIPTION = 10_000  # characters; MLflow refuses a run description over 20,000
 ALGORITHMS = ("grid", "random", "optuna")
 TOP_KEYS = ("name", "description", "fixed", "swept", "search", "resources", "max_failures", "smoke", "share_stages")
 
@@ -109,14 +114,34 @@ def load_space(name_or_path: str | Path,
     overrides) and must raise ValueError for settings no trial may have."""
     text, source = _read(str(name_or_path))
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader that refuses repeated keys
     except yaml.YAMLError as exc:
         raise SpaceError(f"{source}: not valid YAML: {exc}".replace("\n", " ")) from None
+    except (ValueError, RecursionError) as exc:  # an integer of 4,300+ digits; brackets nested too deep
+        raise SpaceError(f"{source}: not a YAML document this loader can hold: {type(exc).__name__}: "
+                         f"{str(exc)[:200]}") from None
     _check_size(raw, source)
     space = _parse(raw, source)
     if check_settings is not None:
         _check_values(space, check_settings)
     return space
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: the
+    standard loader keeps the last silently, and a sweep would then run settings nobody read."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # the structure checks refuse such keys later, with the field named
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read(name: str) -> tuple[str, str]:
@@ -198,14 +223,20 @@ def _parse(raw: Any, source: str) -> SearchSpace:
     space = SearchSpace(
         name=name, source=source, description=_text(source, "description", top.get("description", "")),
         fixed=fixed, swept=swept,
-        algorithm=algorithm, num_samples=_int(source, "search.num_samples", search.get("num_samples", 1), 1),
+        algorithm=algorithm,
+        num_samples=_int(source, "search.num_samples", search.get("num_samples", 1), 1, MAX_TRIALS),
         max_concurrent=_int(source, "search.max_concurrent", search.get("max_concurrent", 2), 1),
-        seed=_int(source, "search.seed", search.get("seed", 0), 0),
-        cpu=_resource(source, "resources.cpu", res.get("cpu", 1), 0.01),
+        seed=_int(source, "search.seed", search.get("seed", 0), 0, MAX_SEED),
+        cpu=_resource(source, "resources.cpu", res.get("cpu", 1), MIN_CPU),
         gpu=_resource(source, "resources.gpu", res.get("gpu", 0), 0.0),
         max_failures=_int(source, "max_failures", top.get("max_failures", 2), 0),
         smoke=_mapping(source, top.get("smoke"), "smoke"),
         share_stages=_bool(source, "share_stages", top.get("share_stages", True)))
+    if len(space.description) > MAX_DESCRIPTION:
+        _fail(source, "description", f"<{len(space.description)} characters>", f"at most {MAX_DESCRIPTION} characters")
+    if space.total_trials > MAX_TRIALS:
+        raise SpaceError(f"{source}: the space has {space.total_trials} trials (grid points x num_samples); "
+                         f"a sweep may have at most {MAX_TRIALS}")
     return space
 
 
@@ -221,15 +252,15 @@ def _bool(source: str, where: str, value: Any) -> bool:
     return value
 
 
-def _int(source: str, where: str, value: Any, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        _fail(source, where, value, f"an integer >= {lo}")
+def _int(source: str, where: str, value: Any, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        _fail(source, where, value, f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]")
     return value
 
 
 def _resource(source: str, where: str, value: Any, lo: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= 1024:
-        _fail(source, where, value, f"a number in [{lo:g}, 1024] (fractions share a device)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= MAX_RESOURCE:
+        _fail(source, where, value, f"a number in [{lo:g}, {MAX_RESOURCE:g}] (fractions share a device)")
     return float(value)
 
 
@@ -259,12 +290,16 @@ def _dimension(source: str, name: str, spec: Any) -> Dimension:
         if not ok or (kind == "randint" and not isinstance(step, int)):
             _fail(source, f"{where}.step", step, f"a number in (0, {values[1] - values[0]}]"
                   + (" (an integer)" if kind == "randint" else ""))
+        if not all(math.isclose(v / step, round(v / step)) for v in values):  # as Ray Tune's q* ranges require
+            _fail(source, f"{where}.step", step, f"a number that divides both bounds {values}")
     return Dimension(name, kind, tuple(values), step)
 
 
 def _check_values(space: SearchSpace, check: Callable[[dict[str, Any]], object]) -> None:
     base = dict(space.fixed)
     cases: list[tuple[str, dict[str, Any]]] = [("fixed", base)]
+    lows: list[Any] = []
+    highs: list[Any] = []
     for dim in space.swept:
         corners = dim.values
         if dim.kind == "randint":  # integers in [low, high)
@@ -272,6 +307,12 @@ def _check_values(space: SearchSpace, check: Callable[[dict[str, Any]], object])
         elif dim.kind in ("uniform", "loguniform"):  # floats, whatever the bounds were written as
             corners = (float(dim.values[0]), float(dim.values[1]))
         cases += [(f"swept.{dim.name}", {**base, dim.name: v}) for v in corners]
+        lows.append(corners[0])
+        highs.append(corners[-1])
+    names = [d.name for d in space.swept]
+    if len(names) > 1:  # settings that are each fine but not together (sparsity and quality, say)
+        cases += [(f"swept {names} together", {**base, **dict(zip(names, corner, strict=True))})
+                  for corner in (lows, highs)]
     cases.append(("smoke", {**base, **space.smoke}))
     for where, settings in cases:
         try:

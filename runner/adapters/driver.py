@@ -153,13 +153,13 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
                            params={"space": sweep.space.name, "algorithm": sweep.space.algorithm,
                                    "smoke_test": sweep.smoke})
     tracker.swept = tuple(d.name for d in sweep.space.swept)
-    tracker.describe(sweep.space.description)
-    if not sweep.resume:
-        write_sweep_files(sweep)
-    register_tracker(tracker)
-    callbacks = [StorageGuard(), MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space),
-                 JsonLoggerCallback()]
-    try:
+    try:  # from here a failure ends the parent run as FAILED, not left RUNNING
+        tracker.describe(sweep.space.description)
+        if not sweep.resume:
+            write_sweep_files(sweep)
+        register_tracker(tracker)
+        callbacks = [StorageGuard(), MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space),
+                     JsonLoggerCallback()]
         # the dense model is a stage every trial shares (trained once, by the first trial to
         # need it); the other phases only when the space shares stages
         trainable = tune.with_parameters(trial, swept=tuple(d.name for d in sweep.space.swept),
@@ -286,12 +286,13 @@ def _tune_config(space: SearchSpace) -> tune.TuneConfig:
         return tune.TuneConfig(search_alg=ConcurrencyLimiter(search, max_concurrent=space.max_concurrent),
                                num_samples=space.num_samples, reuse_actors=True)
     # reuse_actors: a trial's worker keeps torch imported for the next trial (seconds each)
+    from ray.tune.search import BasicVariantGenerator
+
     points = ordered_grid(space)
     if points is not None:
-        from ray.tune.search import BasicVariantGenerator
-
         return tune.TuneConfig(num_samples=len(points), reuse_actors=True, search_alg=BasicVariantGenerator(
             points_to_evaluate=points, max_concurrent=space.max_concurrent),
             trial_dirname_creator=functools.partial(trial_dirname, tuple(d.name for d in space.swept)))
-    return tune.TuneConfig(num_samples=space.num_samples, max_concurrent_trials=space.max_concurrent,
-                           reuse_actors=True)
+    # random search: search.seed makes the same trials again (Tune's default draws from np.random)
+    return tune.TuneConfig(num_samples=space.num_samples, reuse_actors=True, search_alg=BasicVariantGenerator(
+        max_concurrent=space.max_concurrent, random_state=space.seed))

@@ -118,6 +118,7 @@ class CycleConfig(Config):
             self._number("quality", 0.0, 100.0)
         if not isinstance(self.layers, dict):
             self._fail("layers", self.layers, "a mapping from layer name or pattern to a sparsity or quality")
+        self._integer("seed", 0, 2**32 - 1)  # before the library's configs, which take it
         try:
             _ = self.prune_config  # the library validates its own rules
         except ValueError as exc:
@@ -145,7 +146,6 @@ class CycleConfig(Config):
                          ("prune_steps", 1),
                          ("batch_size", 1), ("image_size", 8)):
             self._integer(name, lo, 1 << 20)
-        self._integer("seed", 0, 2**32 - 1)
         for name in ("lr", "prune_lr", "share_lr", "table_retrain_lr"):
             if name == "lr" or getattr(self, name) is not None:
                 self._number(name, 0.0, 10.0, lo_open=True)

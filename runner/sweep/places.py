@@ -17,17 +17,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from dcsweep.runner.cycle import ConfigError
-from dcsweep.search_spaces import SearchSpace
+from dcsweep.search_spaces import MAX_RESOURCE, MIN_CPU, SearchSpace
 
 from .storage import Storage
 
 log = logging.getLogger("dcsweep")
 #: Per-trial CPUs and GPUs a sweep may ask for (fractions share a device).
-MAX_PER_TRIAL = 1024.0
+MAX_PER_TRIAL = MAX_RESOURCE
 
 
 def default_storage() -> str:
-    return os.environ.get("DCSWEEP_STORAGE", "~/dcsweep-runs")
+    return os.environ.get("DCSWEEP_STORAGE") or "~/dcsweep-runs"  # set but empty is unset, not "here"
 
 
 def default_tracking_uri(storage: Storage) -> str:
@@ -81,15 +81,16 @@ def refuse_credentials(uri: str) -> None:
                           "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment instead")
 
 
-def check_tracking_uri(uri: str) -> None:
+def check_tracking_uri(uri: str, write: bool = True) -> None:
     """A URI MLflow can use, with no credentials inside (they would be logged and saved); a
-    SQLite file that can be written; a tracking server that answers its health check."""
+    SQLite file that can be written (``write``); a tracking server that answers its health
+    check (MLflow's own client would retry a dead one for minutes)."""
     refuse_credentials(uri)
     scheme = _split(uri).scheme.split("+")[0]  # postgresql+psycopg2: a driver named
     if scheme not in TRACKING_SCHEMES:
         raise ConfigError(f"tracking URI {uri!r} is not allowed; it must start with one of "
                           f"{[s + ':' for s in TRACKING_SCHEMES]} (e.g. http://127.0.0.1:5000)")
-    if scheme == "sqlite":
+    if scheme == "sqlite" and write:
         _check_sqlite(uri)
     if scheme not in ("http", "https"):
         return
@@ -139,6 +140,7 @@ def local_resources() -> tuple[float, float]:
 
 def check_per_trial(cpus: float | None, gpus: float | None) -> None:
     """``--cpus-per-trial``/``--gpus-per-trial``, refused here rather than on a cluster."""
-    for flag, value in (("--cpus-per-trial", cpus), ("--gpus-per-trial", gpus)):
-        if value is not None and not 0 <= value <= MAX_PER_TRIAL:
-            raise ConfigError(f"{flag}={value} is not allowed; it must be a number in [0, {MAX_PER_TRIAL:g}]")
+    # the space loader's own bounds: a sweep saved with another value could not be loaded again
+    for flag, value, lo in (("--cpus-per-trial", cpus, MIN_CPU), ("--gpus-per-trial", gpus, 0.0)):
+        if value is not None and not lo <= value <= MAX_PER_TRIAL:
+            raise ConfigError(f"{flag}={value} is not allowed; it must be a number in [{lo:g}, {MAX_PER_TRIAL:g}]")

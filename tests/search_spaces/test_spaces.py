@@ -79,7 +79,8 @@ def test_a_user_file(tmp_path: Path) -> None:
     ("[1.0e-4, 1.0e-2]", "[1.0e-2, 1.0e-4]", "low < high"),
     ("algorithm: random", "algorithm: bayes", r"search.algorithm='bayes' is not allowed; it must be one of"),
     ("algorithm: random", "algorithm: optuna", "use choice instead of grid"),
-    ("num_samples: 3", "num_samples: 0", r"search.num_samples=0 is not allowed; it must be an integer >= 1"),
+    ("num_samples: 3", "num_samples: 0",
+     r"search.num_samples=0 is not allowed; it must be an integer in \[1, 100000\]"),
     ("max_concurrent: 2", "max_concurrent: -1", "search.max_concurrent=-1"),
     ("seed: 1", "sed: 1", r"unknown search key\(s\) \['sed'\]"),
     ("cpu: 0.5", "cpu: 0", r"resources.cpu=0 is not allowed; it must be a number in \[0.01, 1024\]"),
@@ -92,13 +93,50 @@ def test_a_user_file(tmp_path: Path) -> None:
     ("[1.0e-4, 1.0e-2]}", "[1.0e-4, 1.0e-2], step: 1}", r"swept.lr.step=1 is not allowed"),
     ("{choice: [4, 8]}", "{choice: [4, 8], step: 4}", r"swept.k=.* an optional step"),
     ("name: mine", "name: mine\nshare_stages: maybe", r"share_stages='maybe' is not allowed; it must be true or false"),
+    # found by a hostile review: each of these loaded, then failed after Ray had started
+    ("  k: {choice: [4, 8]}", "  quality: {choice: [0.5, 1.0]}",
+     r"swept \['sparsity', 'quality', 'lr'\] together: sparsity=0.5 is not allowed; .* but not both"),
+    ("[1.0e-4, 1.0e-2]}", "[1.0e-4, 1.0e-2], step: 3.0e-3}", r"swept.lr.step=0.003 is not allowed; it must be a "
+     r"number that divides both bounds"),
+    ("seed: 1", "seed: 4294967296",
+     r"search.seed=4294967296 is not allowed; it must be an integer in \[0, 4294967295\]"),
+    ("num_samples: 3", "num_samples: 1000000", r"num_samples=1000000 is not allowed; .* in \[1, 100000\]"),
+    ("algorithm: random", "algorithm: grid", None),  # 2 grid points x 3 samples: fine; the next case is not
+    ("{grid: [0.5, 0.8]}", "{grid: [" + ", ".join(f"0.{i:05d}" for i in range(1, 2001)) + "]}\n  prune_epochs: "
+     "{grid: [" + ", ".join(map(str, range(1, 101))) + "]}", None),
+    ("name: mine", "name: mine\ndescription: " + "x" * 10_001, r"description='<10001 characters>' is not allowed"),
+    ("epochs: 2}", "epochs: 2, epochs: 3}", r"not valid YAML: .*key 'epochs' is given twice"),
+    ("name: mine", "name: mine\nname: yours", r"not valid YAML: .*key 'name' is given twice"),
+    ("epochs: 2}", "epochs: " + "9" * 5000 + "}", r"not a YAML document this loader can hold: ValueError"),
+    ("name: mine", "name: mine\nsmoke: " + "[" * 50_000 + "]" * 50_000, "not a YAML document this loader can hold"),
+    ("seed: 1}", "seed: 1}\nfixed: {model: lenet300, dataset: digits, epochs: 2, seed: 2020-01-01}",
+     r"not valid YAML: .*key 'fixed' is given twice"),
 ])
-def test_every_bad_field_is_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+def test_every_bad_field_is_named(tmp_path: Path, old: str, new: str, message: str | None) -> None:
     assert old in GOOD
     path = write(tmp_path, GOOD.replace(old, new, 1))
+    if message is None:
+        load_space(path, check_settings)
+        return
     with pytest.raises(SpaceError, match=message) as info:
         load_space(path, check_settings)
     assert str(info.value).startswith(path)  # the file is named
+
+
+def test_a_grid_of_more_trials_than_a_sweep_may_have_is_refused(tmp_path: Path) -> None:
+    grid = GOOD.replace("algorithm: random", "algorithm: grid").replace(
+        "{grid: [0.5, 0.8]}", "{grid: [" + ", ".join(f"0.{i:05d}" for i in range(1, 2001)) + "]}\n  prune_epochs: "
+        "{grid: [" + ", ".join(map(str, range(1, 101))) + "]}")
+    with pytest.raises(SpaceError, match=r"the space has 600000 trials \(grid points x num_samples\); a sweep may "
+                       r"have at most 100000"):
+        load_space(write(tmp_path, grid), check_settings)
+
+
+def test_a_seed_of_the_wrong_type_is_named_as_the_seed(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("epochs: 2}", "epochs: 2, seed: 2020-01-01}"))
+    with pytest.raises(SpaceError, match=r"fixed: seed=datetime.date\(2020, 1, 1\) is not allowed; seed must be an "
+                       r"integer"):
+        load_space(path, check_settings)
 
 
 def test_unknown_names() -> None:

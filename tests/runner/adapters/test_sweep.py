@@ -373,3 +373,33 @@ resources: {cpu: 1}
     by_size = {t["compressed_bytes"]: t["accuracy"] for t in out["trials"]}
     assert sorted(v[1] for v in (t.values for t in done)) == sorted(by_size)  # Optuna saw the real sizes
     assert len(study.best_trials) >= 1  # a Pareto set, not a single best
+
+
+def _random_draws(tmp_path: Path, seed: int) -> list[float]:
+    """The sparsities Tune's searcher gives a random-search space's first three trials."""
+    from ray.tune.experiment import Experiment
+
+    from dcsweep.runner.adapters.driver import _tune_config, param_space
+    from dcsweep.runner.cycle.config import check_settings
+    from dcsweep.search_spaces import load_space
+
+    path = tmp_path / f"random-{seed}.yaml"
+    path.write_text("name: rnd\nfixed: {model: lenet300, dataset: digits}\n"
+                    "swept: {sparsity: {uniform: [0.8, 0.99]}}\n"
+                    f"search: {{algorithm: random, num_samples: 3, seed: {seed}}}\n")
+    space = load_space(path, check_settings)
+    searcher = _tune_config(space).search_alg
+    searcher.add_configurations([Experiment("rnd", lambda config: None, config=param_space(space), num_samples=3)])
+    draws = []
+    for _ in range(3):
+        trial = searcher.next_trial()
+        draws.append(trial.config["sparsity"])
+        searcher.on_trial_complete(trial.trial_id)
+    return draws
+
+
+def test_random_search_draws_the_same_trials_from_the_same_seed(tmp_path: Path) -> None:
+    """search.seed was passed to Optuna only; random search drew from numpy's global state."""
+    first = _random_draws(tmp_path, 0)
+    assert _random_draws(tmp_path, 0) == first and len(set(first)) == 3
+    assert _random_draws(tmp_path, 1) != first
