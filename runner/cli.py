@@ -217,31 +217,65 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 # -- commands --------------------------------------------------------------------------------
 # Each imports what it uses when it runs: `dcsweep inspect` need not pay for Ray's import.
 
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Everything about ``-o`` that would otherwise fail only after the whole cycle."""
+    if not output.name or output.is_dir():
+        raise UsageError(f"-o {str(output)!r} is a folder; it must name the .dcz file to write")
+    if output.exists() and not overwrite:
+        raise UsageError(f"output {output} exists; pass --overwrite to replace it or choose another -o")
+    if not output.parent.is_dir():
+        raise UsageError(f"output folder {output.parent} does not exist")
+    _check_writable(output, "-o")
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """``path`` can be written: the file itself if it exists, else its nearest existing folder."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not (os.access(path, os.W_OK) if path.exists() else os.access(folder, os.W_OK | os.X_OK)):
+        raise UsageError(f"{flag} {path}: {path if path.exists() else folder} is not writable")
+
+
+def _stage_store(args: argparse.Namespace) -> Any:
+    """The dense models and sensitivity tables of --storage, checked writable before any work."""
+    from .sweep.stages import StageStore
+
+    storage = _storage(args)
+    storage.check_writable()  # ConfigError -> exit 2
+    return StageStore(storage, phases=("dense", "sensitivity"))
+
+
 def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     from .cycle import load_dataset, run_cycle
     from .cycle.config import check_settings
+    from .cycle.train import pick_device
 
     keys = {"output", "overwrite", "plots", "json", "command", "storage"}
     settings = {k: v for k, v in vars(args).items() if k not in keys}
     if "layers" in settings:
+        names = [name for name, _ in settings["layers"]]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise UsageError(f"--layer {twice[0]} is given more than once; give each layer one rule")
         settings["layers"] = dict(settings["layers"])
     config = check_settings(settings)  # ConfigError -> exit 2, before any work
+    pick_device(config.device)  # one that is not here: exit 2 now, not after the data loads
     output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise UsageError(f"output {output} exists; pass --overwrite to replace it or choose another -o")
-    if not output.parent.is_dir():
-        raise UsageError(f"output folder {output.parent} does not exist")
-    if args.plots and Path(args.plots).is_dir() and any(Path(args.plots).iterdir()) and not args.overwrite:
-        raise UsageError(f"plots folder {args.plots} is not empty; pass --overwrite or choose another")
+    _check_output(output, args.overwrite)
+    if args.plots:
+        plots = Path(args.plots)
+        if plots.exists() and not plots.is_dir():
+            raise UsageError(f"--plots {plots} is a file; it must be a folder (made if missing)")
+        if plots.is_dir() and any(plots.iterdir()) and not args.overwrite:
+            raise UsageError(f"plots folder {args.plots} is not empty; pass --overwrite or choose another")
+        _check_writable(plots, "--plots")
     load_dataset(config.dataset, config.data_root, config.download, config.image_size)  # DataError -> 2
     stages = None
     if config.allocates:  # the dense model and its table are kept: the next target is quick
         from .cycle.run import check_target
-        from .sweep.stages import StageStore
 
         check_target(config)  # a ratio out of reach: exit 2 before any training
-
-        stages = StageStore(_storage(args), phases=("dense", "sensitivity"))
+        stages = _stage_store(args)
     result = run_cycle(config, output=output, plots=args.plots, progress=True, stages=stages)  # on stderr
     return result.to_json()
 
@@ -253,11 +287,12 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     from .cycle.config import check_settings
     from .cycle.run import cached_table, sensitivity_table
     from .cycle.sensitivity import KS, SPARSITIES
-    from .sweep.stages import StageStore
+    from .cycle.train import pick_device
 
     start = time.perf_counter()
     keys = {"json", "command", "storage", "sparsities", "ks"}
     config = check_settings({k: v for k, v in vars(args).items() if k not in keys})
+    pick_device(config.device)
     sparsities, ks = args.sparsities or list(SPARSITIES), args.ks or list(KS)
     if bad := [v for v in sparsities if not 0.0 <= v < 1.0]:
         raise UsageError(f"--sparsities={bad} is not allowed; each must be in [0, 1)")
@@ -265,7 +300,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
 
     if bad := [v for v in ks if not MIN_K <= v <= MAX_K]:
         raise UsageError(f"--k={bad} is not allowed; each must be an integer in [{MIN_K}, {MAX_K}]")
-    stages = StageStore(_storage(args), phases=("dense", "sensitivity"))
+    stages = _stage_store(args)
     sparsities, ks = sorted(set(sparsities)), sorted(set(ks))
     table = cached_table(config, stages, sparsities, ks)
     cached = table is not None
@@ -290,23 +325,27 @@ def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from dcsweep.compression import load_compressed, read_header
+    from dcsweep.compression.fileformat import printable
 
     from .cycle import list_models, load_dataset
     from .cycle.train import evaluate, pick_device
 
     path = _existing(args.file)
-    arch = read_header(path).get("arch") or {}  # CompressedFileError -> 2
-    if arch.get("name") not in list_models():
-        raise UsageError(f"{path} names model {str(arch.get('name'))[:100]!r}, which is not one of {list_models()}")
-    data = load_dataset(args.dataset, args.data_root)
-    made_for = (arch.get("kwargs", {}).get("input_shape"), arch.get("kwargs", {}).get("num_classes"))
-    if made_for != (list(data.input_shape), data.num_classes):
-        raise UsageError(f"{path} holds a model for input {made_for[0]} with {made_for[1]} classes; dataset "
-                         f"{args.dataset!r} has input {list(data.input_shape)} with {data.num_classes} classes")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1; got {args.batch_size}")
+    device = pick_device(args.device)  # ConfigError -> 2
+    arch = read_header(path).get("arch") or {}  # CompressedFileError -> 2
+    if arch.get("name") not in list_models():
+        raise UsageError(f"{path} names model {printable(str(arch.get('name')))!r}, which is not one of "
+                         f"{list_models()}")
+    data = load_dataset(args.dataset, args.data_root)
+    made_for = (arch.get("kwargs", {}).get("input_shape"), arch.get("kwargs", {}).get("num_classes"))
+    if made_for != (list(data.input_shape), data.num_classes):  # the file's values, escaped for the terminal
+        raise UsageError(f"{path} holds a model for input {printable(str(made_for[0]))} with "
+                         f"{printable(str(made_for[1]))} classes; dataset {args.dataset!r} has input "
+                         f"{list(data.input_shape)} with {data.num_classes} classes")
     model = load_compressed(path)
-    accuracy = evaluate(model, data.test, pick_device(args.device), args.batch_size)
+    accuracy = evaluate(model, data.test, device, args.batch_size)
     return {"accuracy": accuracy, "samples": len(data.test), "file": str(path), "dataset": args.dataset}
 
 
@@ -419,12 +458,14 @@ def _tracking_uri(args: argparse.Namespace, name: str | None = None) -> str:
     """Where `pareto` and `ui` read: --tracking-uri, else the store sweep ``name`` logs to, else
     $MLFLOW_TRACKING_URI, else SQLite in the storage; a SQLite file must exist."""
     from .sweep import tracking_uri_for
+    from .sweep.places import check_tracking_uri
     from .sweep.spec import saved_tracking_uri
 
     storage = _storage(args)
     uri = tracking_uri_for(storage, args.tracking_uri, saved_tracking_uri(storage, name) if name else None)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"no sweep store at {uri}; run a sweep first or pass --storage/--tracking-uri")
+    check_tracking_uri(uri, write=False)  # no credentials to print, a scheme MLflow takes, a server that answers
     return uri
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import pickle
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from dcsweep.compression import (
     KMeansShare,
@@ -453,12 +455,17 @@ def _load_dense(model: nn.Module, path: Path) -> None:
         raise ConfigError(f"dense_path={str(path)!r} does not exist; give a .dcz or state-dict .pt file")
     if path.suffix == ".dcz":
         load_compressed(path, model)
+        if compressed := [name for name, m in model.named_modules() if parametrize.is_parametrized(m)]:
+            raise ConfigError(f"dense_path={str(path)!r} holds a pruned or shared model (layers {compressed[:3]}); "
+                              f"give a dense model's .dcz or state-dict .pt file")
         return
     try:  # weights_only: a state dict of tensors, never arbitrary pickled objects
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"dense_path={str(path)!r} is not a state dict for this model: {exc}") from None
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, EOFError,
+            pickle.UnpicklingError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfigError(f"dense_path={str(path)!r} is not a state dict for this model: {reason}") from None
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:

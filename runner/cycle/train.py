@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .config import DEVICES, ConfigError
 from .datasets import Folder, InMemory
 
 log = logging.getLogger("dcsweep")
@@ -31,10 +32,12 @@ def pick_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if name not in DEVICES:
+        raise ConfigError(f"device={name!r} is not allowed; device must be one of {list(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA device is available; use --device auto or cpu")
+        raise ConfigError("device='cuda' was asked for but no CUDA device is available; use --device auto or cpu")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device='mps' was asked for but MPS is not available; use --device auto or cpu")
+        raise ConfigError("device='mps' was asked for but MPS is not available; use --device auto or cpu")
     return torch.device(name)
 
 

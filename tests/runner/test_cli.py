@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dcsweep.runner.cli import main
 
@@ -111,6 +112,28 @@ def test_human_output(capsys, tmp_path: Path) -> None:
     (["sensitivity", "--model", "lenet9", "--storage", "{tmp}/s"], r"model='lenet9' is not allowed"),
     (["sensitivity", "--retrain-epochs", "1", "--retrain-lr", "-1", "--storage", "{tmp}/s"],
      r"table_retrain_lr=-1.0 is not allowed; table_retrain_lr must be a number in \(0, 10\]"),
+    # found by a hostile review: each failed with a traceback, most after the whole cycle had run
+    (["compress", "-o", "{tmp}", "--overwrite"], r"-o '{tmp}' is a folder; it must name the .dcz file to write"),
+    (["compress", "-o", "", "--overwrite"], r"-o '.' is a folder"),
+    (["compress", "--plots", "{tmp}/layers.yaml", "-o", "{tmp}/x.dcz"], r"--plots {tmp}/layers.yaml is a file"),
+    (["compress", "--dense", "{tmp}/layers.yaml", "-o", "{tmp}/x.dcz"],
+     r"dense_path='{tmp}/layers.yaml' is not a state dict for this model: "),
+    (["compress", "--layer", "fc1=0.5", "--layer", "fc1=0.1", "-o", "{tmp}/x.dcz"],
+     r"--layer fc1 is given more than once; give each layer one rule"),
+    (["compress", "--device", "tpu", "-o", "{tmp}/x.dcz"], r"device='tpu' is not allowed; device must be one of"),
+    pytest.param(["compress", "--device", "cuda", "-o", "{tmp}/x.dcz"], r"no CUDA device is available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["sensitivity", "--storage", "{tmp}/layers.yaml"], r"storage {tmp}/layers.yaml is not writable"),
+    (["compress", "--target-ratio", "20", "--storage", "{tmp}/layers.yaml", "-o", "{tmp}/x.dcz"],
+     r"storage {tmp}/layers.yaml is not writable"),
+    (["run", "--cpus-per-trial", "0", "--storage", "{tmp}/s"],
+     r"--cpus-per-trial=0.0 is not allowed; it must be a number in \[0.01, 1024\]"),
+    (["pareto", "sw", "--tracking-uri", "http://alice:s3cret@127.0.0.1:9", "--storage", "{tmp}/s"],
+     r"the MLflow tracking URI must not carry credentials; set MLFLOW_TRACKING_USERNAME"),
+    (["pareto", "sw", "--tracking-uri", "foo://bar", "--storage", "{tmp}/s"],
+     r"tracking URI 'foo://bar' is not allowed; it must start with one of"),
+    (["pareto", "sw", "--tracking-uri", "http://127.0.0.1:9", "--storage", "{tmp}/s"],
+     r"MLflow tracking server http://127.0.0.1:9 does not answer"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str], message: str) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -120,9 +143,8 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str]
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dcsweep: error: ")
-    import re
-
     assert re.search(message.replace("{tmp}", re.escape(str(tmp_path))), lines[0]), lines[0]
+    assert "s3cret" not in err
     assert not (tmp_path / "x.dcz").exists() and not (tmp_path / "s").exists()
 
 
@@ -147,6 +169,37 @@ def test_evaluate_on_the_wrong_dataset_exits_2(capsys, compressed) -> None:
     path, _ = compressed
     code, _, err = run(capsys, "evaluate", str(path), "--dataset", "mnist5k")
     assert code == 2 and "holds a model for input [1, 8, 8] with 10 classes" in err
+    code, _, err = run(capsys, "evaluate", str(path), "--dataset", "digits", "--device", "bogus")
+    assert code == 2 and err.strip() == ("dcsweep: error: device='bogus' is not allowed; device must be one of "
+                                         "['auto', 'cpu', 'cuda', 'mps']")
+
+
+def test_evaluate_escapes_the_shape_a_file_names(capsys, compressed, tmp_path: Path) -> None:
+    from dcsweep.compression.fileformat import pack, parse
+
+    path, _ = compressed
+    parsed = parse(path.read_bytes())
+    header = json.loads(json.dumps(parsed.header))
+    header["arch"]["kwargs"]["input_shape"] = "\x1b[2J\x1b[31mEVIL"
+    (tmp_path / "e.dcz").write_bytes(pack(header, bytes(parsed.body)))
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "e.dcz"), "--dataset", "digits")
+    assert code == 2 and "\x1b" not in err and "holds a model for input \\x1b[2J\\x1b[31mEVIL with 10" in err
+
+
+def test_a_compressed_model_is_not_taken_as_a_dense_one(capsys, compressed, tmp_path: Path) -> None:
+    path, _ = compressed  # weight-shared: pruning it again failed deep in the cycle with a traceback
+    code, _, err = run(capsys, "compress", *FAST, "--dense", str(path), "-o", str(tmp_path / "x.dcz"))
+    assert code == 2 and f"dense_path='{path}' holds a pruned or shared model (layers ['fc1', 'fc2', 'fc3'])" in err
+    assert not (tmp_path / "x.dcz").exists()
+
+
+def test_an_empty_storage_variable_is_unset_not_the_current_folder(monkeypatch) -> None:
+    from dcsweep.runner.sweep import default_storage
+
+    monkeypatch.setenv("DCSWEEP_STORAGE", "")
+    assert default_storage() == "~/dcsweep-runs"
+    monkeypatch.setenv("DCSWEEP_STORAGE", "/data/runs")
+    assert default_storage() == "/data/runs"
 
 
 def test_existing_output_is_kept_unless_overwrite(capsys, tmp_path: Path) -> None:
