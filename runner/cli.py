@@ -561,8 +561,9 @@ def _error_kinds() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], 
     from dcsweep.compression import CompressedFileError
     from dcsweep.runner.cycle import ConfigError, DataError, DivergedError
     from dcsweep.runner.sweep import StorageFull
+    from dcsweep.runner.sweep.lease import LeaseLost
 
-    return (ConfigError, DataError, CompressedFileError), (DivergedError, StorageFull)
+    return (ConfigError, DataError, CompressedFileError), (DivergedError, StorageFull, LeaseLost)
 
 
 def _last_line(text: str) -> str:

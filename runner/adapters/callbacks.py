@@ -14,8 +14,10 @@ from typing import Any
 from ray import tune
 
 from dcsweep.runner.cycle import DIVERGED, FINAL, CycleConfig, CycleResult, Report
-from dcsweep.runner.cycle.pareto import label, pareto_mask
+from dcsweep.runner.cycle.pareto import Front, label
 from dcsweep.runner.cycle.results import MODEL_FILE, PLOTS_DIR, RESULT_FILE
+from dcsweep.runner.sweep import lease
+from dcsweep.runner.sweep.lease import LeaseLost
 from dcsweep.runner.sweep.storage import StorageFull, is_full
 from dcsweep.search_spaces import SearchSpace
 
@@ -106,8 +108,20 @@ class MlflowCallback(tune.Callback):
                          lambda tid: finish_from_checkpoint(self.tracker, tid, trial.checkpoint))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = getattr(trial, "error_msg", None) or str(getattr(trial, "error_file", "") or "trial failed")
+        error = last_failure(trial) or "trial failed (Tune kept no error text)"
         self._safely("failure", trial, lambda tid: self.tracker.fail_trial(tid, error))
+
+
+def last_failure(trial: Any) -> str:
+    """The text of a trial's latest failure: Tune appends each to the trial's error file under a
+    ``Failure # N (occurred at ...)`` line, and keeps the file after a retry succeeds."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        return ""
+    latest = text.rsplit("Failure # ", 1)[-1]
+    return (latest.split("\n", 1)[1] if "\n" in latest else latest).strip()
 
 
 def trial_run(tracker: SweepTracker, space: SearchSpace, trial_id: str, config: Mapping[str, Any]) -> str:
@@ -160,9 +174,19 @@ class ProgressCallback(tune.Callback):
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
         self.total = space.total_trials
+        self.front = Front()  # label -> (validation accuracy, bytes) of the finished trials on the front
+        self.finished = 0
+        self._restart()
+
+    def _restart(self) -> None:
+        """What is this driver's own: Tune pickles its callbacks with the experiment, and a
+        resumed sweep's estimate must not count the time it was stopped."""
         self.start = time.monotonic()
-        self.finished: dict[str, tuple[float, float]] = {}  # label -> (validation accuracy, bytes)
         self.ended_before: int | None = None  # trials a resumed sweep had ended already
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._restart()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         report = Report.from_metrics(result)
@@ -171,7 +195,8 @@ class ProgressCallback(tune.Callback):
             sys.stderr.write(f"{name}: stopped, {report.error}\n")
             return
         if report.phase == FINAL and report.val_accuracy is not None and report.compressed_bytes:
-            self.finished[name] = (report.val_accuracy, report.compressed_bytes)
+            self.finished += 1
+            self.front.add(name, (report.val_accuracy, report.compressed_bytes))
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         if self.ended_before is None:  # a resumed sweep's trials ended before this driver started
             self.ended_before = done
@@ -199,14 +224,14 @@ class ProgressCallback(tune.Callback):
 
     def front_line(self) -> str:
         """The front so far in one short line: its size, its most accurate point, its smallest."""
-        names = list(self.finished)
-        optimal = pareto_mask([self.finished[n][0] for n in names], [self.finished[n][1] for n in names])
-        front = [n for n, o in zip(names, optimal, strict=True) if o]
-        best = max(front, key=lambda n: self.finished[n][0])
-        smallest = min(front, key=lambda n: self.finished[n][1])
-        line = f"front so far: {len(front)} of {len(names)} (val); best {best} {self.finished[best][0]:.4f}"
+        front = self.front.points
+        if not front:
+            return f"front so far: 0 of {self.finished} (val)"
+        best = max(front, key=lambda n: front[n][0])
+        smallest = min(front, key=lambda n: front[n][1])
+        line = f"front so far: {len(front)} of {self.finished} (val); best {best} {front[best][0]:.4f}"
         if smallest != best:
-            line += f"; smallest {smallest} {self.finished[smallest][1] / 1024:.1f} KB"
+            line += f"; smallest {smallest} {front[smallest][1] / 1024:.1f} KB"
         return line
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -214,7 +239,8 @@ class ProgressCallback(tune.Callback):
 
 
 class StorageGuard(tune.Callback):
-    """Stops the sweep at the first sign that the storage's device is full: a trial that failed
+    """Stops the sweep when another driver took its lease over (see lease.py), and at the first
+    sign that the storage's device is full: a trial that failed
     writing to it (its error reaches the driver as text in the trial's error file) or the
     driver's own upload of Tune's state. Every trial would fail in turn otherwise, each after
     its retries. Raised from a callback, StorageFull ends ``Tuner.fit`` with the experiment
@@ -227,17 +253,16 @@ class StorageGuard(tune.Callback):
         self._check(trial)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if lease.LOST:
+            raise LeaseLost(f"sweep {lease.LOST[-1]!r} was taken over by another driver while this one ran (its "
+                            f"lease went unrenewed for {lease.STALE_S:g} s); this driver stops and leaves it to "
+                            f"the other")
         if uploads.FULL_WRITES:
             raise StorageFull(f"writing {uploads.FULL_WRITES[-1]} failed: no space left on device")
 
     @staticmethod
     def _check(trial: Any) -> None:
-        path = getattr(trial, "error_file", None)
-        try:
-            text = Path(path).read_text(errors="replace") if path else ""
-        except OSError:
-            text = ""
-        if is_full(text.rsplit("Failure # ", 1)[-1][:20000]):  # the latest failure only
+        if is_full(last_failure(trial)[:20000]):  # the latest failure only
             raise StorageFull(f"trial {trial.trial_id} failed writing to the storage: no space left on device")
 
 

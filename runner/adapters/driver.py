@@ -28,6 +28,7 @@ from dcsweep.runner.cycle.pareto import mark_front
 from dcsweep.runner.cycle.results import RATIO_METRIC
 from dcsweep.runner.cycle.stages import stage_keys
 from dcsweep.runner.sweep import Sweep
+from dcsweep.runner.sweep.lease import LeaseLost
 from dcsweep.runner.sweep.spec import write_sweep_files
 from dcsweep.runner.sweep.storage import is_full, storage_full
 from dcsweep.search_spaces import SearchSpace
@@ -151,7 +152,7 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
         "mlartifacts")
     tracker = SweepTracker(client.result(), sweep.name, artifacts if local else None,
                            params={"space": sweep.space.name, "algorithm": sweep.space.algorithm,
-                                   "smoke_test": sweep.smoke})
+                                   "smoke_test": sweep.smoke}, new=not sweep.resume)
     tracker.swept = tuple(d.name for d in sweep.space.swept)
     try:  # from here a failure ends the parent run as FAILED, not left RUNNING
         tracker.describe(sweep.space.description)
@@ -197,6 +198,8 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
             log.warning("MLflow is unreachable at the end of the sweep (%s); `dcsweep resume %s` logs the "
                         "results kept in the sweep storage", str(exc).splitlines()[0][:200], sweep.name)
     except BaseException as exc:
+        if isinstance(exc, LeaseLost):  # the driver that took the sweep over runs its MLflow runs now
+            raise
         if not (is_full(exc) or uploads.FULL_WRITES):
             with contextlib.suppress(Exception):  # a second Ctrl-C: stopped by its user, not failed
                 tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dcsweep.runner.cycle import FINAL, PHASES, STEPS, ConfigError, CycleResult, Report, Trial
-from dcsweep.runner.cycle.pareto import dominates, hypervolume, mark_front, write_csv, write_png
+from dcsweep.runner.cycle.pareto import Front, hypervolume, mark_front, write_csv, write_png
 from dcsweep.runner.cycle.results import RATIO_METRIC
 from dcsweep.runner.cycle.run import SENSITIVITY_DIR
 
@@ -44,13 +44,17 @@ class SweepTracker:
     """The MLflow side of one sweep; every method is idempotent across driver restarts."""
 
     def __init__(self, client: MlflowClient | str, name: str, artifact_root: str | None = None,
-                 params: dict[str, Any] | None = None) -> None:
+                 params: dict[str, Any] | None = None, new: bool = False) -> None:
         # a client may come ready-made: a new SQLite store takes a second to create its tables,
         # which the driver spends while Ray starts
         self.client = MlflowClient(client) if isinstance(client, str) else client
         self.name = name
         self.stopped_by: str | None = None  # a resumed sweep's error from when it last stopped
         exp = self.client.get_experiment_by_name(name)
+        if new and exp is not None:  # another storage's sweep, or a user's: its runs would be taken over
+            raise ConfigError(f"the tracking store already has an experiment named {name!r} (id {exp.experiment_id}, "
+                              f"{exp.lifecycle_stage}); a new sweep needs its own: give another --name, or "
+                              f"`dcsweep resume {name}` with the storage that sweep ran in")
         if exp is None:
             location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None  # a URI
             self.experiment_id = self.client.create_experiment(name, artifact_location=location)
@@ -78,7 +82,7 @@ class SweepTracker:
         self._held: dict[str, dict[int, tuple[list[Metric], list[RunTag]]]] = {}
         self._held_since: dict[str, float] = {}  # run id -> monotonic time its oldest held step came
         self._status: dict[str, str] = {}  # run id -> status as this driver knows it
-        self._front: dict[str, tuple[float, int]] | None = None  # run id -> (val accuracy, bytes) on the front
+        self._front: Front | None = None  # run id -> (val accuracy, bytes) of the runs on the front
         self._tables: set[str] = set()  # sensitivity tables logged on the parent by this driver
         self._finished_count = 0  # finished trials: the step of the front's summary
         self._reference: float | None = None  # the dense model's bytes: the hypervolume's reference point
@@ -246,13 +250,9 @@ class SweepTracker:
         self._best.add(final.get("val_accuracy"), final.get("val_accuracy_dense"), final.get(RATIO_METRIC))
         point = None if final.get("val_accuracy") is None else (  # from before the validation split: never on it
             float(final["val_accuracy"]), int(final["compressed_bytes"]))
-        optimal = point is not None and not any(dominates(other, point) for other in self._front.values())
-        if optimal and point is not None:
-            for other, where in list(self._front.items()):
-                if dominates(point, where):
-                    self._flag(other, False)
-                    del self._front[other]
-            self._front[run_id] = point
+        optimal, off = self._front.add(run_id, point) if point is not None else (False, [])
+        for other in off:
+            self._flag(other, False)
         metrics, flags = self._flag_batch(optimal)
         self._end(run_id, metrics, [*tags, *flags])
         self._log_summary()
@@ -280,8 +280,8 @@ class SweepTracker:
         if self._front is None or not self._reference:
             return
         now, step = int(time.time() * 1000), self._finished_count
-        volume = hypervolume(list(self._front.values()), self._reference)
-        summary = {"hypervolume": volume, "front_size": len(self._front), "trials": step, **self._best.metrics()}
+        volume = hypervolume(list(self._front.points.values()), self._reference)
+        summary = {"hypervolume": volume, "front_size": len(self._front.points), "trials": step, **self._best.metrics()}
         self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, step) for k, v in summary.items()])
 
     def fail_trial(self, trial_id: str, error: str) -> None:
@@ -317,8 +317,8 @@ class SweepTracker:
             m = run.data.metrics
             self._best.add(m.get("val_accuracy"), m.get("val_accuracy_dense"), m.get(RATIO_METRIC))
         models = {run.info.run_id: run.data.tags[PYFUNC_TAG] for run, _ in rows if PYFUNC_TAG in run.data.tags}
-        self._front = {t.run_id: (t.val_accuracy, t.compressed_bytes) for t in trials
-                       if t.pareto_optimal and t.run_id and t.val_accuracy is not None}
+        self._front = Front({t.run_id: (t.val_accuracy, t.compressed_bytes) for t in trials
+                             if t.pareto_optimal and t.run_id and t.val_accuracy is not None})
         self._finished_count = len(trials)
         self._reference = next((t.ratio * t.compressed_bytes for t in trials if t.ratio), self._reference)
         self._log_summary()

@@ -19,6 +19,7 @@ import time
 import uuid
 from typing import Any
 
+from dcsweep.runner.sweep import lease
 from dcsweep.runner.sweep.storage import is_full
 
 #: Destinations of copies that failed on a full device, in this process.
@@ -66,6 +67,8 @@ def _copy_files(source: str, destination: str, source_filesystem: Any = None, de
     from pyarrow import fs
     from ray.train._internal import storage
 
+    if lease.LOST:  # another driver runs this sweep now: this one's stale state must not overwrite its
+        return None
     if not (isinstance(destination_filesystem, fs.LocalFileSystem)
             and isinstance(source_filesystem or fs.LocalFileSystem(), fs.LocalFileSystem)):
         return getattr(storage, _ORIGINAL)(source, destination, source_filesystem=source_filesystem,

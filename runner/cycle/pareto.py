@@ -22,6 +22,25 @@ def pareto_mask(accuracy: Sequence[float], size: Sequence[float]) -> list[bool]:
     return [not any(dominates(other, p) for other in points) for p in points]
 
 
+class Front:
+    """The Pareto front of points added one at a time, by key. An add looks at the front only
+    (tens of points however many trials a sweep has), where ``pareto_mask`` over every point
+    so far would grow with each trial."""
+
+    def __init__(self, points: Mapping[str, tuple[float, float]] | None = None) -> None:
+        self.points: dict[str, tuple[float, float]] = dict(points or {})
+
+    def add(self, key: str, point: tuple[float, float]) -> tuple[bool, list[str]]:
+        """Whether ``point`` is on the front now, and the keys it pushed off."""
+        if any(dominates(other, point) for k, other in self.points.items() if k != key):
+            return False, []
+        off = [k for k, other in self.points.items() if k != key and dominates(point, other)]
+        for k in off:
+            del self.points[k]
+        self.points[key] = point
+        return True, off
+
+
 def hypervolume(points: Sequence[tuple[float, float]], reference_bytes: float) -> float:
     """The share of the (size, accuracy) rectangle [0, reference_bytes] x [0, 1] that the
     front of ``points`` (accuracy, bytes) dominates, with the reference point (accuracy 0,

@@ -2,8 +2,9 @@
 
 A trial is a path dense -> pruned -> shared -> encoded. Each trained phase is a *stage*, named
 by a key that hashes everything the phase consumed: the parent stage's key, every setting the
-phase reads (model, data, seed, epochs, learning rate, per-layer rules, ...) and the dcsweep
-version, so a stage from older code is never reused silently. Two trials whose pruned keys are
+phase reads (model, data, seed, epochs, learning rate, per-layer rules, ...), the dcsweep
+version and a digest of the code that computes stages, so a stage from other code is never
+reused silently. Two trials whose pruned keys are
 equal prune the same model in the same way and get bit-identical weights (each phase seeds its
 own random streams), so the second can take the first's result instead of computing it.
 
@@ -15,6 +16,7 @@ sweep storage, with a lease: ``dcsweep.runner.sweep.stages``); ``run_cycle`` onl
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -48,6 +50,22 @@ def dcsweep_version() -> str:
         return version("dcsweep")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
+
+
+@functools.cache
+def code_digest() -> str:
+    """The source of the code that computes stages (the compression library and the cycle),
+    hashed. The installed package's version is not enough: it stays the same while a checkout
+    changes, and `dcsweep submit` runs the submitted checkout on nodes whose installed dcsweep
+    may be another. Any change to that source, a comment included, recomputes every stage."""
+    import dcsweep.compression
+
+    digest = hashlib.sha256()
+    for root in (Path(dcsweep.compression.__file__).parent, Path(__file__).parent):
+        for file in sorted(root.rglob("*.py")):
+            digest.update(f"{root.name}/{file.relative_to(root).as_posix()}\0".encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def consumed(cfg: CycleConfig, phase: str) -> dict[str, Any]:
@@ -100,7 +118,7 @@ def sensitivity_key(cfg: CycleConfig, dense_key: str, sparsities: Any, ks: Any) 
 
 
 def _hash(record: dict[str, Any]) -> str:
-    record = {**record, "version": dcsweep_version(), "format": STAGE_FORMAT}
+    record = {**record, "version": dcsweep_version(), "code": code_digest(), "format": STAGE_FORMAT}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
 
 

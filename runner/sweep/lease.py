@@ -33,9 +33,16 @@ from dcsweep.runner.cycle import ConfigError
 from .storage import Storage
 
 log = logging.getLogger("dcsweep")
+#: Sweeps whose lease this process lost while it ran (see ``Lease._renew``); the driver stops.
+LOST: list[str] = []
 RENEW_S = 10.0
 STALE_S = 90.0  # nine missed renewals: the holder (on another host) is taken to be gone
 FOLDER = "leases"
+
+
+class LeaseLost(RuntimeError):
+    """Another driver took over this driver's sweep while it ran: this one did not renew its
+    lease for STALE_S (paused, or cut off from the storage), and two must not run one sweep."""
 
 
 @dataclass(frozen=True)
@@ -146,8 +153,23 @@ class Lease:
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_S):
             self.holder = Holder(**{**asdict(self.holder), "renewed": time.time()})
-            with contextlib.suppress(Exception):  # a storage hiccup: the next renewal retries
+            try:
+                # Renew only what is still ours. Gone means another process judged us gone and
+                # took over (we were paused, or the storage was out of reach, for STALE_S):
+                # writing it again would make two holders.
+                if not self.storage.exists(*self.folder, self.file):
+                    self._lost()
+                    return
                 self._write()
+            except Exception:  # noqa: BLE001 - a storage hiccup: the next renewal retries
+                continue
+
+    def _lost(self) -> None:
+        log.error("%s %s: lease lost: another process took it over (this one did not renew it for %g s: "
+                  "paused, or cut off from the storage)%s", self.what, self.name, STALE_S,
+                  "; this driver stops" if self.what == "sweep" else "; its result is published whole anyway")
+        if self.what == "sweep":
+            LOST.append(self.name)
 
     def _read(self, file: str) -> Holder | None:
         try:

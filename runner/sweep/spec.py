@@ -205,6 +205,9 @@ def saved_space(storage: Storage, name: str) -> SearchSpace:
 
 def write_sweep_files(sweep: Sweep) -> None:
     """space.yaml (the space as run) and sweep.json (its digest, the tracking URI, the smoke flag)."""
+    if sweep.storage.exists(*sweep.folder, SWEEP_FILE):  # checked again under the lease: another driver's
+        raise ConfigError(f"sweep {sweep.name!r} was started by another driver meanwhile; give another --name, "
+                          f"or continue it with `dcsweep resume {sweep.name}`")
     text = yaml.safe_dump(sweep.space.to_dict(), sort_keys=False)
     sweep.storage.write_text(text, *sweep.folder, SPACE_FILE)
     sweep.storage.write_text(json.dumps({

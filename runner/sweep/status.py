@@ -81,7 +81,7 @@ def sweep_status(storage: Storage, name: str) -> SweepStatus:
     space = saved_space(storage, name)  # checked against its digest, as a resume does
     meta = saved_meta(storage, name)
     swept = tuple(d.name for d in space.swept)
-    trials = [_trial(storage, ("sweeps", name, "tune", folder), swept)
+    trials = [_trial(storage, ("sweeps", name, "tune", folder), swept, space.max_failures)
               for folder in sorted(storage.folders("sweeps", name, "tune")) if folder.startswith("trial_")]
     holders = Lease(storage, name).others()
     driver = holders[min(holders)].describe() if holders else None
@@ -90,7 +90,7 @@ def sweep_status(storage: Storage, name: str) -> SweepStatus:
     return SweepStatus(name, space.name, state, str(meta.get("created", "")), space.total_trials, trials, driver)
 
 
-def _trial(storage: Storage, folder: tuple[str, ...], swept: tuple[str, ...]) -> TrialState:
+def _trial(storage: Storage, folder: tuple[str, ...], swept: tuple[str, ...], max_failures: int) -> TrialState:
     rows = []
     if storage.exists(*folder, RESULT):
         for line in storage.read_text(*folder, RESULT).splitlines():
@@ -100,7 +100,16 @@ def _trial(storage: Storage, folder: tuple[str, ...], swept: tuple[str, ...]) ->
                 continue
     last = rows[-1] if rows else {}
     config = last.get("config") or {}
-    failed = last.get("phase") == "diverged" or storage.exists(*folder, ERROR)
+    failed = last.get("phase") == "diverged" or (last.get("phase") != "final" and _failures(storage, folder)
+                                                 > max_failures)
     size = last.get("compressed_bytes")
     return TrialState(label({k: config.get(k) for k in swept}) or folder[-1], last.get("phase"), failed,
                       last.get("val_accuracy"), int(size) if isinstance(size, (int, float)) else None)
+
+
+def _failures(storage: Storage, folder: tuple[str, ...]) -> int:
+    """How often a trial failed: Tune appends each failure to its error file, and keeps the file
+    when a retry then runs or succeeds; it gives up after ``max_failures`` retries."""
+    if not storage.exists(*folder, ERROR):
+        return 0
+    return sum(line.startswith("Failure # ") for line in storage.read_text(*folder, ERROR).splitlines())

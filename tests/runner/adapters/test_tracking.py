@@ -243,6 +243,19 @@ def test_a_new_sweep_finds_no_run_to_search_for(tmp_path: Path, monkeypatch: pyt
     assert len(children) == 2
 
 
+def test_a_new_sweep_does_not_take_over_an_experiment_of_its_name(tmp_path: Path) -> None:
+    """Another storage's sweep of the same name on one tracking server: its runs were reopened,
+    its front re-marked and its registered aliases moved. A new sweep is refused; a resume goes on."""
+    uri, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri()
+    first = SweepTracker(uri, "taken", artifacts, new=True)
+    first.finish()
+    with pytest.raises(ConfigError, match=r"the tracking store already has an experiment named 'taken' \(id \d+, "
+                       r"active\); a new sweep needs its own: give another --name"):
+        SweepTracker(uri, "taken", artifacts, new=True)
+    assert MlflowClient(uri).get_run(first.parent_id).info.status == "FINISHED"  # untouched
+    assert SweepTracker(uri, "taken", artifacts).parent_id == first.parent_id  # a resume reopens it
+
+
 def test_a_trial_finished_by_a_new_driver_gets_every_step_its_reports_had(tmp_path: Path) -> None:
     """Steps held back when a driver died (or reports it never saw) are rebuilt at the trial's
     end from its result: the same numbers at the same steps as the live reports logged."""

@@ -7,12 +7,26 @@ import random
 import pytest
 
 from dcsweep.runner.cycle import Trial
-from dcsweep.runner.cycle.pareto import front_figure, hypervolume, label, mark_front, pareto_mask
+from dcsweep.runner.cycle.pareto import Front, front_figure, hypervolume, label, mark_front, pareto_mask
 
 
 def test_the_front_keeps_what_nothing_beats_on_both() -> None:
     accuracy, size = [0.5, 0.9, 0.4, 0.9], [10, 50, 60, 40]
     assert pareto_mask(accuracy, size) == [True, False, False, True]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_front_kept_one_point_at_a_time_is_the_front_of_all_of_them(seed: int) -> None:
+    rng = random.Random(seed)
+    points = {f"t{i}": (rng.choice([0.5, 0.7, 0.9, rng.random()]), rng.choice([10, 20, rng.randint(1, 99)]))
+              for i in range(300)}
+    front = Front()
+    for key, point in points.items():
+        optimal, off = front.add(key, point)
+        assert optimal == (key in front.points) and not set(off) & set(front.points)
+    mask = pareto_mask([p[0] for p in points.values()], [p[1] for p in points.values()])
+    assert set(front.points) == {k for k, keep in zip(points, mask, strict=True) if keep}
+    assert len(front.points) < 30  # what each add looks at, however many points came
 
 
 def test_hypervolume_adds_the_band_each_front_point_raises() -> None:

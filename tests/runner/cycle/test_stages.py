@@ -21,6 +21,25 @@ def keys(**settings: object) -> dict[str, str]:
     return stage_keys(CycleConfig.from_dict({**FAST, **settings}))
 
 
+def test_every_key_changes_with_the_code_that_computes_stages(tmp_path: Path, monkeypatch) -> None:
+    """The package version stays 0.1.0 while a checkout changes; the source's digest does not."""
+    import shutil
+
+    import dcsweep.runner.cycle.stages as stages
+
+    before = keys()
+    assert stages.code_digest() == stages.code_digest.__wrapped__()  # cached, and stable
+    copy = tmp_path / "cycle"
+    shutil.copytree(Path(stages.__file__).parent, copy)
+    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# one changed line\n")
+    monkeypatch.setattr(stages, "__file__", str(copy / "stages.py"))  # the digest reads this folder
+    changed = stages.code_digest.__wrapped__()
+    assert changed != stages.code_digest()
+    monkeypatch.setattr(stages, "code_digest", lambda: changed)
+    after = keys()
+    assert all(before[phase] != after[phase] for phase in before)
+
+
 @pytest.mark.parametrize(("setting", "value", "changed"), [
     ("k", 4, {"shared"}),
     ("init", "density", {"shared"}),

@@ -86,3 +86,44 @@ def test_of_drivers_that_start_together_at_most_one_goes_on(tmp_path: Path) -> N
     assert len(held) <= 1 and len(_leases(tmp_path)) == len(held)
     for lease in held:
         lease.release()
+
+
+def test_a_lease_taken_over_while_its_holder_was_away_is_not_written_again(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver paused (or cut off from the storage) for STALE_S is taken over; when it comes
+    back, its renewal found its lease gone and wrote it again: two drivers on one sweep."""
+    from dcsweep.runner.sweep import lease
+
+    monkeypatch.setattr(lease, "RENEW_S", 0.05)
+    monkeypatch.setattr(lease, "LOST", [])
+    storage = Storage(tmp_path)
+    mine = Lease(storage, "s")
+    mine.acquire()
+    try:
+        time.sleep(0.3)
+        assert len(_leases(tmp_path)) == 1 and lease.LOST == []  # renewed, and still ours
+        _leases(tmp_path)[0].unlink()  # the other driver removed it as stale...
+        with hold(storage, "s"):  # ...and holds the sweep now
+            time.sleep(0.3)
+            assert lease.LOST == ["s"]
+            assert [json.loads(p.read_text())["pid"] for p in _leases(tmp_path)] == [mine.holder.pid]
+            assert len(_leases(tmp_path)) == 1  # the other's lease only: ours was not written back
+    finally:
+        mine.release()
+
+
+def test_a_driver_that_lost_its_sweep_stops_and_uploads_nothing_more(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyarrow import fs
+
+    from dcsweep.runner.adapters.callbacks import StorageGuard
+    from dcsweep.runner.adapters.uploads import _copy_files
+    from dcsweep.runner.sweep import lease
+
+    monkeypatch.setattr(lease, "LOST", ["s"])
+    (tmp_path / "experiment_state.json").write_text("{}")
+    _copy_files(str(tmp_path / "experiment_state.json"), str(tmp_path / "copy.json"),
+                source_filesystem=fs.LocalFileSystem(), destination_filesystem=fs.LocalFileSystem())
+    assert not (tmp_path / "copy.json").exists()  # the driver that took over writes the state now
+    with pytest.raises(lease.LeaseLost, match="sweep 's' was taken over by another driver while this one ran"):
+        StorageGuard().on_step_end(0, [])

@@ -1,0 +1,47 @@
+"""The driver's Tune callbacks, on real Tune trials (which need the session's Ray instance)."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+from ray.train._internal.storage import StorageContext
+from ray.tune.experiment import Trial
+
+from dcsweep.runner.adapters.callbacks import ProgressCallback, last_failure
+from dcsweep.runner.cycle.results import FINAL
+from dcsweep.search_spaces import load_space
+
+
+def _trial(tmp_path: Path, number: int, sparsity: float) -> Trial:
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="tune", trial_dir_name=f"t{number}")
+    return Trial("trial", config={"sparsity": sparsity, "k": 4}, stub=True, storage=storage)
+
+
+def test_a_trials_error_is_its_latest_failures_text(ray_local, tmp_path: Path) -> None:
+    """MLflow's `error` tag got the error file's path (Tune 2.60's Trial has no error_msg)."""
+    trial = _trial(tmp_path, 0, 0.5)
+    assert last_failure(trial) == ""
+    trial.handle_error(RuntimeError("the first failure"))
+    trial.handle_error(RuntimeError("worker died\nafter the retry"))
+    assert last_failure(trial) == "worker died\nafter the retry"
+
+
+def test_progress_keeps_the_front_as_trials_finish_and_restarts_its_clock_on_resume(
+        ray_local, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    space = load_space("lenet300-digits")
+    progress = ProgressCallback(space)
+    trials = [_trial(tmp_path, i, s) for i, s in enumerate((0.8, 0.9, 0.95))]
+    for trial, (accuracy, size) in zip(trials, [(0.95, 3000), (0.90, 4000), (0.93, 2000)], strict=True):
+        progress.on_trial_result(0, trials, trial, {"phase": FINAL, "accuracy": accuracy, "val_accuracy": accuracy,
+                                                    "compressed_bytes": size})
+    err = capsys.readouterr().err
+    assert "front so far: 1 of 2 (val); best s=0.8 k=4 0.9500" in err  # 0.9 @ 4000 B: beaten on both
+    assert err.rstrip().endswith("front so far: 2 of 3 (val); best s=0.8 k=4 0.9500; smallest s=0.95 k=4 2.0 KB")
+    progress.ended_before = 3
+    progress.start -= 3600  # an hour of this driver's time
+    resumed = pickle.loads(pickle.dumps(progress))  # as Tune restores its callbacks with the experiment
+    assert resumed.front.points == progress.front.points and resumed.finished == 3
+    assert resumed.ended_before is None and time.monotonic() - resumed.start < 60
