@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .formats import DataError, find_file, read_cifar_bin, read_cifar_py, read_idx
+
+_Images: Any = None  # ImageFolder walking no links (see _images_under), made on first use
 
 #: An accelerator keeps a copy of an in-memory set up to this size, so that a batch is gathered
 #: there instead of on the host and copied each step (CIFAR-10's training part: 150 MB).
@@ -103,8 +105,29 @@ class Folder:
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, shuffle=generator is not None,
                                              generator=generator, num_workers=self.workers)
-        for x, y in loader:
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        batches = iter(loader)
+        try:
+            while True:
+                try:
+                    x, y = next(batches)
+                except StopIteration:
+                    return
+                except Exception as exc:  # noqa: BLE001 - its last line is _load_image's, naming the file
+                    cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                    raise DataError(cause.removeprefix(f"{DataError.__module__}.DataError: ")[:400]) from None
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        finally:  # workers ended here, not by a garbage collection in some later forked worker
+            getattr(batches, "_shutdown_workers", lambda: None)()
+
+
+def _load_image(path: str) -> Any:
+    """torchvision's image loader, with the file named in its errors (PIL's rarely name it)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as exc:  # noqa: BLE001 - truncated, not an image, a decompression bomb, unreadable
+        raise DataError(f"{path} is not a readable image: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass
@@ -231,6 +254,16 @@ def holdout(labels: np.ndarray, count: float, seed: int) -> np.ndarray:
     return mask
 
 
+def _validation_mask(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """The validation split's mask; a DataError when there is none to carve: every selection
+    would then compare accuracies of 0."""
+    mask = holdout(labels, fraction * len(labels), VAL_SEED)
+    if not mask.any():
+        raise DataError(f"the training part ({len(labels)} images) leaves no validation split at val_fraction="
+                        f"{fraction:g}: a class needs two or more training images to give one")
+    return mask
+
+
 def _split(x: np.ndarray, y: np.ndarray, test: int) -> Split:
     """A stratified, seeded train/test split."""
     mask = holdout(y, test, SPLIT_SEED)
@@ -241,16 +274,25 @@ def _carve(train: InMemory | Folder, fraction: float) -> tuple[InMemory | Folder
     """(train, validation) from a training part held in memory; validation is never augmented."""
     if not isinstance(train, InMemory):
         raise TypeError("an image folder carves its own validation split")
-    mask = torch.from_numpy(holdout(train.labels.numpy(), fraction * len(train), VAL_SEED))
+    mask = torch.from_numpy(_validation_mask(train.labels.numpy(), fraction))
     keep = InMemory(train.images[~mask], train.labels[~mask], train.mean, train.std, train.augment)
     return keep, InMemory(train.images[mask], train.labels[mask], train.mean, train.std)
 
 
 def _in_memory(name: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
                mean: tuple[float, ...], std: tuple[float, ...], augment: bool = False, classes: int = 10) -> Data:
-    top = int(max(ytr.max(initial=0), yte.max(initial=0)))
-    if top >= classes:
-        raise DataError(f"{name} has label {top}; its {classes} classes are 0..{classes - 1}: corrupt labels")
+    for part, x, y in (("training", xtr, ytr), ("test", xte, yte)):
+        if len(x) == 0:
+            raise DataError(f"{name}'s {part} part holds no images")
+        if x.ndim != 4 or min(x.shape[1:]) < 1:
+            raise DataError(f"{name}'s {part} images have shape {x.shape[1:]}; an image is (channels, height, "
+                            f"width), each at least 1: corrupt")
+        if x.shape[1:] != xtr.shape[1:]:
+            raise DataError(f"{name}'s {part} images have shape {x.shape[1:]}, its training images "
+                            f"{xtr.shape[1:]}: corrupt")
+        if int(y.min()) < 0 or int(y.max()) >= classes:
+            bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            raise DataError(f"{name} has label {bad}; its {classes} classes are 0..{classes - 1}: corrupt labels")
     train = InMemory(torch.from_numpy(np.array(xtr)), torch.from_numpy(ytr.astype(np.int64)), mean, std, augment)
     test = InMemory(torch.from_numpy(np.array(xte)), torch.from_numpy(yte.astype(np.int64)), mean, std)
     c, h, w = (int(v) for v in xtr.shape[1:])
@@ -359,9 +401,34 @@ def _download(name: str, root: Path) -> None:
         cls(str(root), train=train, download=True)
 
 
+def _images_under(directory: str, class_to_idx: dict[str, int], extensions: tuple[str, ...] | None = None,
+                  is_valid_file: Callable[[str], bool] | None = None,
+                  allow_empty: bool = False) -> list[tuple[str, int]]:
+    """torchvision's ``make_dataset``, except that folders linked inside a class folder are not
+    followed: torchvision's walk follows every link, and two links back up the tree made it
+    walk forever (and one counted another class's images as this class's)."""
+    import os
+
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    samples = []
+    for name, index in sorted(class_to_idx.items()):
+        for folder, _, files in sorted(os.walk(os.path.join(directory, name), followlinks=False)):
+            samples += [(os.path.join(folder, f), index) for f in sorted(files)
+                        if (is_valid_file(os.path.join(folder, f)) if is_valid_file
+                            else has_file_allowed_extension(f, extensions or IMG_EXTENSIONS))]
+    if not samples and not allow_empty:
+        raise FileNotFoundError(f"found no valid image file in any class folder of {directory}")
+    return samples
+
+
 def _imagefolder(path: Path, size: int, val_fraction: float) -> Data:
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
+
+    global _Images
+    if _Images is None:  # torchvision is imported only for an image folder
+        _Images = type("_Images", (ImageFolder,), {"make_dataset": staticmethod(_images_under)})
 
     how = "an ImageNet-style folder holds train/<class>/<image> and val/<class>/<image>"
     test_dir = next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
@@ -371,14 +438,15 @@ def _imagefolder(path: Path, size: int, val_fraction: float) -> Data:
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     test_tf = T.Compose([T.Resize(int(size * 8 / 7)), T.CenterCrop(size), T.ToTensor(), norm])
     try:
-        train, test = ImageFolder(str(path / "train"), train_tf), ImageFolder(str(test_dir), test_tf)
-        plain = ImageFolder(str(path / "train"), test_tf)  # validation images: not augmented
+        train = _Images(str(path / "train"), train_tf, loader=_load_image)
+        test = _Images(str(test_dir), test_tf, loader=_load_image)
+        plain = _Images(str(path / "train"), test_tf, loader=_load_image)  # validation images: not augmented
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"image folder {path}: {exc}; {how}") from None
     if train.classes != test.classes:
         raise DataError(f"image folder {path}: train/ and {test_dir.name}/ have different classes")
     targets = np.asarray(train.targets)
-    mask = holdout(targets, val_fraction * len(targets), VAL_SEED)
+    mask = _validation_mask(targets, val_fraction)
     subset = torch.utils.data.Subset
     return Data(f"imagefolder:{path}", Folder(subset(train, np.flatnonzero(~mask).tolist())), Folder(test, 0),
                 (3, size, size), max(len(train.classes), 2), Folder(subset(plain, np.flatnonzero(mask).tolist()), 0))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from dcsweep.runner.cycle import DataError, list_datasets, load_dataset
 
-from ..helpers import write_cifar_bin, write_cifar_py, write_imagefolder, write_mnist
+from ..helpers import cifar_arrays, write_cifar_bin, write_cifar_py, write_idx, write_imagefolder, write_mnist
 
 CPU = torch.device("cpu")
 
@@ -45,9 +48,10 @@ def test_idx_files(tmp_path: Path, name: str, folder: str, compress: bool) -> No
 @pytest.mark.parametrize("writer", [write_cifar_bin, write_cifar_py], ids=["binary", "python"])
 @pytest.mark.parametrize("classes", [10, 100])
 def test_cifar_files(tmp_path: Path, writer, classes: int) -> None:
-    data = load_dataset(f"cifar{classes}", writer(tmp_path, classes))
-    train_n = 50 if classes == 10 else 10
-    assert len(data.train) + len(data.validation) == train_n and len(data.test) == 10
+    n = 10 if classes == 10 else 200  # CIFAR-100 has one training file: two images a class give a validation split
+    data = load_dataset(f"cifar{classes}", writer(tmp_path, classes, n))
+    train_n = 50 if classes == 10 else 200
+    assert len(data.train) + len(data.validation) == train_n and len(data.test) == n
     assert data.input_shape == (3, 32, 32)
     assert data.train.augment and not data.test.augment and not data.validation.augment
     x, _ = first_batch(data.train, shuffle=True)
@@ -130,6 +134,78 @@ def test_cifar_pickles_cannot_run_code(tmp_path: Path) -> None:
     (root / "cifar-10-batches-py/test_batch").write_bytes(pickle.dumps({b"data": Evil()}))
     with pytest.raises(DataError, match="refers to builtins.print, which a data file never needs"):
         load_dataset("cifar10", root)
+
+
+def _idx_header(shape: tuple[int, ...]) -> bytes:
+    return bytes([0, 0, 8, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def test_hostile_idx_files_are_refused_before_they_allocate(tmp_path: Path) -> None:
+    """Found by a hostile review: each of these gave a traceback or gigabytes of memory."""
+    root = write_mnist(tmp_path / "m", compress=True)
+    images = root / "MNIST/raw/train-images-idx3-ubyte.gz"
+    # a gzip bomb: the header says 60 images, the stream inflates to 64 MB of zeros
+    images.write_bytes(gzip.compress(_idx_header((60, 28, 28)) + bytes(64 << 20)))
+    with pytest.raises(DataError, match=r"inflates to more than 47056 bytes; its header declares shape \(60, 28, 28\)"):
+        load_dataset("mnist", root)
+    images.write_bytes(b"\x1f\x8bjunk" * 10)  # not gzip
+    with pytest.raises(DataError, match=f"{images} cannot be read: "):
+        load_dataset("mnist", root)
+    images.write_bytes(gzip.compress(_idx_header((60, 28, 28)) + bytes(47040))[:-30])  # cut short
+    with pytest.raises(DataError, match=f"{images} cannot be read: "):
+        load_dataset("mnist", root)
+    images.write_bytes(gzip.compress(_idx_header((1 << 31, 1 << 31, 4))))  # its product wraps int64 to 0
+    with pytest.raises(DataError, match=r"declares shape \(2147483648, 2147483648, 4\), 18446744073709551616 bytes"):
+        load_dataset("mnist", root)
+
+
+@pytest.mark.parametrize(("train", "test", "message"), [
+    ((0, 28, 28), (20, 28, 28), "mnist's training part holds no images"),
+    ((60, 28, 28), (20, 10, 10), r"mnist's test images have shape \(1, 10, 10\), its training images \(1, 28, 28\)"),
+    ((60, 0, 0), (20, 0, 0), r"mnist's training images have shape \(1, 0, 0\); an image is \(channels, height"),
+    ((10, 28, 28), (20, 28, 28), "leaves no validation split at val_fraction=0.1: a class needs two or more"),
+])
+def test_data_no_model_can_use_is_refused_before_any_training(tmp_path: Path, train: tuple, test: tuple,
+                                                              message: str) -> None:
+    raw = write_mnist(tmp_path) / "MNIST" / "raw"
+    for prefix, shape in (("train", train), ("t10k", test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", np.zeros(shape, dtype=np.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(shape[0]) % 10)
+    with pytest.raises(DataError, match=message):
+        load_dataset("mnist", tmp_path)
+
+
+def test_hostile_cifar_pickles_are_refused(tmp_path: Path) -> None:
+    root = write_cifar_py(tmp_path)
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+
+    class Huge:  # what numpy's _reconstruct is asked for: an array of 400,000 images, allocated unfilled
+        def __reduce__(self) -> tuple:
+            return (np._core.multiarray._reconstruct, (np.ndarray, (400_000, 3072), b"B"))
+
+    batch.write_bytes(pickle.dumps({b"data": Huge(), b"labels": [0]}, protocol=2))
+    with pytest.raises(DataError, match=rf"{batch}: a CIFAR batch's array is built with shape \(400000, 3072\)"):
+        load_dataset("cifar10", root)
+    images, _ = cifar_arrays(10, 10, 0)
+    batch.write_bytes(pickle.dumps({b"data": images.reshape(10, -1), b"labels": [-1] + [0] * 9}, protocol=2))
+    with pytest.raises(DataError, match="cifar10 has label -1; its 10 classes are 0..9"):
+        load_dataset("cifar10", root)
+
+
+def test_an_unreadable_image_is_named_and_links_are_not_walked(tmp_path: Path) -> None:
+    root = write_imagefolder(tmp_path)
+    (root / "train" / "class0" / "loop1").symlink_to("..")  # torchvision's walk followed these forever
+    (root / "train" / "class0" / "loop2").symlink_to("..")
+    data = load_dataset(f"imagefolder:{root}", image_size=16)
+    assert len(data.train) + len(data.validation) == 12  # 3 classes x 4 images, none counted twice
+    bad = root / "train" / "class1" / "img9.png"
+    bad.write_bytes((root / "train" / "class1" / "img0.png").read_bytes()[:60])  # a truncated PNG
+    data = load_dataset(f"imagefolder:{root}", image_size=16)
+    with pytest.raises(DataError, match=f"{bad} is not a readable image: "):
+        for _ in data.train.batches(4, CPU, torch.Generator().manual_seed(0)):
+            pass
+        for _ in data.validation.batches(4, CPU):
+            pass
 
 
 def test_unknown_dataset_lists_valid_ones() -> None:
