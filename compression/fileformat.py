@@ -166,8 +166,9 @@ def model_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, bool]
         dot = f"{prefix}." if prefix else ""
         names = [(n, True) for n, p in module._parameters.items() if p is not None]
         if parametrize.is_parametrized(module):
-            for n, plist in parametrizations(module).items():
-                names.append((n, isinstance(plist.original, nn.Parameter)))
+            for n, plist in parametrizations(module).items():  # weight_norm's have original0, original1
+                names.append((n, isinstance(plist._parameters.get("original", plist._parameters.get("original0")),
+                                            nn.Parameter)))
         names += [(n, False) for n, b in module._buffers.items()
                   if b is not None and n not in module._non_persistent_buffers_set]
         for attr, is_param in names:

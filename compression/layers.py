@@ -17,7 +17,7 @@ Masks and index buffers are registered buffers, so they travel in ``state_dict``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import cast
 
 import torch
@@ -86,6 +86,41 @@ class SharedWeight(nn.Module):
 
     def extra_repr(self) -> str:
         return f"k={self.k}, shape={tuple(self.indices.shape)}"
+
+
+def check_targets(model: nn.Module, targets: Iterable[tuple[str, nn.Module, str]], verb: str,
+                  untied: bool = False) -> None:
+    """Before ``verb`` changes anything: each target tensor (module name, module, tensor name)
+    carries no parametrization but the library's, is not an Embedding's sparse gradient, and
+    with ``untied`` is the tensor of no other module (sharing resizes its tensor in place)."""
+    owners: dict[int, list[str]] = {}
+    if untied:
+        for mname, m in model.named_modules():
+            if ".parametrizations." in f".{mname}.":  # inside a parametrization: counted with its module
+                continue
+            plists = parametrizations(m).items() if parametrize.is_parametrized(m) else ()
+            held = [*m._parameters.items(), *((t, plist._parameters.get("original")) for t, plist in plists)]
+            for tname, t in held:
+                if t is not None:
+                    owners.setdefault(id(t), []).append(f"{mname}.{tname}" if mname else tname)
+    for name, module, tname in targets:
+        key = f"{name}.{tname}" if name else tname
+        if getattr(module, "sparse", False) is True:  # Embedding(sparse=True): where() has no sparse kernel
+            raise ValueError(f"cannot {verb} {key}: its module makes sparse gradients (sparse=True), which the "
+                             f"library's parametrizations cannot take; use sparse=False")
+        obj = getattr(module, tname)
+        if parametrize.is_parametrized(module, tname):
+            plist = parametrizations(module)[tname]
+            foreign = [type(p).__name__ for p in cast(nn.ModuleList, plist)
+                       if not isinstance(p, (Masked, SharedWeight))]
+            if foreign:
+                raise ValueError(f"cannot {verb} {key}: it carries a parametrization the library does not manage "
+                                 f"({foreign[0]}); remove it first (parametrize.remove_parametrizations)")
+            obj = plist._parameters.get("original")
+        others = [o for o in owners.get(id(obj), []) if o != key]
+        if others:
+            raise ValueError(f"cannot {verb} {key}: it is the same tensor as {others[0]} (tied weights), and sharing "
+                             f"resizes it to a codebook; untie them, or exclude every module that holds it")
 
 
 def compressible_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

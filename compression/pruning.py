@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from ._config import NORM_TYPES, Config, Rules, layer_kind, match_rule, matches_any, require_matches
-from .layers import Masked, SharedWeight, original, parametrization, tensor
+from .layers import Masked, SharedWeight, check_targets, original, parametrization, tensor
 
 SCOPES = ("layer", "global")
 
@@ -47,6 +47,8 @@ class MagnitudePrune(Config):
 
     def __post_init__(self) -> None:
         self._set("layers", Rules(self.layers))
+        if isinstance(self.exclude, str):  # tuple("fc10") would exclude "f", "c", "1" and "0"
+            self._fail("exclude", self.exclude, "a list or tuple of module names or patterns, not one string")
         self._set("exclude", tuple(self.exclude))
         if (self.sparsity is None) == (self.quality is None):
             self._fail("sparsity", self.sparsity, "set, or quality set, but not both")
@@ -150,6 +152,7 @@ def prune_(model: nn.Module, config: MagnitudePrune) -> dict[str, float]:
     A pattern in ``config.layers`` or ``config.exclude`` that selects no module is an error."""
     config.check_layers(model)
     selected = prunable_tensors(model, config)
+    check_targets(model, selected, "prune")
     targets = [match_rule(name, config.layers, config.target) for name, _, _ in selected]
     global_pool = [
         i for i, (name, _, _) in enumerate(selected)
@@ -169,6 +172,9 @@ def prune_(model: nn.Module, config: MagnitudePrune) -> dict[str, float]:
             # std of the signed weights that remain: the seed took it over zeros too, which
             # shrinks the threshold every round
             remaining = tensor(module, tensor_name).detach()[mask].float()
+            if not bool(torch.isfinite(remaining).all()):  # their std is NaN: nothing would pass it
+                raise ValueError(f"cannot prune {selected[i][0]}.{tensor_name} by quality: it holds NaN or "
+                                 f"infinite weights")
             std = remaining.std(correction=0) if remaining.numel() > 1 else mag.new_zeros(())
             keeps[i] = mask & (mag > targets[i] * std)
     result = {}

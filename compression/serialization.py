@@ -91,6 +91,7 @@ def load_compressed(path: str | Path, model: nn.Module | None = None, *,
     decoded = {d.record.name: d for d in _named(path, decode_records(parsed, limit))}
     if model is None:  # the meta model showed the file fits; now give it memory
         model = _materialise(path, parsed, shape_of)
+        vars(model)["dcz_arch"] = parsed.header["arch"]  # so saving it again writes the same bytes
     targets = {name: (module, attr) for name, module, attr, _ in model_tensors(model)}
     for name, d in decoded.items():
         _restore(model, name, *targets[name], d)

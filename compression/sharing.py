@@ -11,7 +11,15 @@ from torch.nn.utils import parametrize
 
 from ._config import Config, Rules, layer_kind, match_rule, matches_any, require_matches
 from .kmeans import INITS, kmeans_1d
-from .layers import SharedWeight, compressible_layers, original, parametrization, strip_parametrization_, tensor
+from .layers import (
+    SharedWeight,
+    check_targets,
+    compressible_layers,
+    original,
+    parametrization,
+    strip_parametrization_,
+    tensor,
+)
 
 #: Codebook sizes: cluster indices are coded over an alphabet of at most 2**16 symbols.
 MIN_K, MAX_K = 2, 1 << 16
@@ -39,6 +47,8 @@ class KMeansShare(Config):
 
     def __post_init__(self) -> None:
         self._set("layers", Rules(self.layers))
+        if isinstance(self.exclude, str):  # tuple("fc10") would exclude "f", "c", "1" and "0"
+            self._fail("exclude", self.exclude, "a list or tuple of module names or patterns, not one string")
         self._set("exclude", tuple(self.exclude))
         for name, value in (("k", self.k), ("k_conv", self.k_conv), ("k_fc", self.k_fc),
                             *((f"layers[{p!r}]", v) for p, v in self.layers.items())):
@@ -71,10 +81,10 @@ def share_weights_(model: nn.Module, config: KMeansShare) -> dict[str, int]:
     sum of their members' gradients.
     """
     config.check_layers(model)
+    selected = [(name, module) for name, module in compressible_layers(model) if not matches_any(name, config.exclude)]
+    check_targets(model, [(name, module, "weight") for name, module in selected], "share", untied=True)
     result = {}
-    for name, module in compressible_layers(model):
-        if matches_any(name, config.exclude):
-            continue
+    for name, module in selected:
         k = _share_layer_(module, config.k_for(name, module), config)
         if k:
             result[f"{name}.weight" if name else "weight"] = k
@@ -95,6 +105,7 @@ def _share_layer_(module: nn.Module, k: int, config: KMeansShare) -> int:
     indices[mask] = torch.from_numpy(labels).to(weight.device)
     strip_parametrization_(module, "weight")
     parametrize.register_parametrization(module, "weight", SharedWeight(indices, k_eff), unsafe=True)
-    codebook = original(module, "weight")
+    codebook = original(module, "weight")  # the weight's Parameter object, resized in place by torch
     codebook.copy_(torch.from_numpy(centroids).to(codebook))
+    codebook.grad = None  # the weight's gradient, of the weight's shape: an optimizer's state is too
     return k_eff

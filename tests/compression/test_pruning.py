@@ -195,3 +195,43 @@ def test_embeddings_and_transposed_convolutions_are_compressed() -> None:
     assert ks == {"emb.weight": 4, "up.weight": 8, "fc.weight": 4}
     assert model["emb"](torch.tensor([1, 2])).unique().numel() <= 5  # 4 centroids and the pruned zeros
     assert model["up"](torch.zeros(1, 4, 5, 5)).shape == (1, 2, 7, 7)
+
+
+@pytest.mark.parametrize(("make", "verb", "message"), [
+    (lambda: nn.Sequential(torch.nn.utils.parametrizations.weight_norm(nn.Linear(8, 8))), "prune",
+     r"cannot prune 0.weight: it carries a parametrization the library does not manage \(_WeightNorm\)"),
+    (lambda: nn.Sequential(torch.nn.utils.parametrizations.weight_norm(nn.Linear(8, 8))), "share",
+     r"cannot share 0.weight: it carries a parametrization the library does not manage"),
+    (lambda: nn.Sequential(nn.Embedding(20, 4, sparse=True)), "prune",
+     r"cannot prune 0.weight: its module makes sparse gradients \(sparse=True\)"),
+    (lambda: nn.Sequential(nn.Embedding(20, 4, sparse=True)), "share", r"cannot share 0.weight: .*sparse=True"),
+])
+def test_layers_the_parametrizations_cannot_carry_are_refused_before_any_change(make, verb: str,
+                                                                                message: str) -> None:
+    """Found by a hostile review: an AttributeError after Masked was registered (a half-changed
+    model), or a backward pass that failed later."""
+    model = make()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        if verb == "prune":
+            prune_(model, MagnitudePrune(sparsity=0.5))
+        else:
+            share_weights_(model, KMeansShare(k=4))
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_the_quality_rule_refuses_weights_it_cannot_take_a_std_of(bad: float) -> None:
+    model = nn.Linear(10, 10)
+    model.weight.data[0, 0] = bad  # the std was NaN, nothing passed it, and the whole layer was pruned
+    with pytest.raises(ValueError, match="cannot prune .weight by quality: it holds NaN or infinite weights"):
+        prune_(model, MagnitudePrune(quality=0.5))
+    assert not hasattr(model, "parametrizations")
+
+
+def test_exclude_given_as_one_string_is_refused() -> None:
+    for config in (MagnitudePrune, KMeansShare):
+        with pytest.raises(ValueError, match=r"exclude must be a list or tuple of module names or patterns, not "
+                                             r"one string; got '10'"):
+            config(exclude="10")  # was ('1', '0'): layers 1 and 0 skipped, layer 10 pruned

@@ -90,3 +90,40 @@ def test_fully_pruned_layer_is_left_alone() -> None:
     prune_(layer, MagnitudePrune(sparsity=0.99))
     structural_mask(layer).zero_()
     assert share_weights_(layer, KMeansShare(k=4)) == {}
+
+
+class _TiedLM(nn.Module):
+    """An embedding and an output layer that share one weight, as language models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.emb.weight
+
+
+def test_a_tied_weight_is_refused_whole_instead_of_resized_under_its_other_module() -> None:
+    """Sharing resizes the weight's Parameter to the codebook in place: the other module's
+    weight became a (k,) vector. Found by a hostile review."""
+    import pytest
+
+    model = _TiedLM()
+    for exclude in ((), ("head",)):
+        with pytest.raises(ValueError, match=r"cannot share emb.weight: it is the same tensor as head.weight \(tied"):
+            share_weights_(model, KMeansShare(k=4, exclude=exclude))
+        assert model.head.weight.shape == (20, 8) and not hasattr(model.emb, "parametrizations")  # untouched
+    share_weights_(model, KMeansShare(k=4, exclude=("emb", "head")))  # neither shared: fine
+    pruned = _TiedLM()
+    prune_(pruned, MagnitudePrune(sparsity=0.5))  # masks keep a tensor's shape: pruning a tie is fine
+    with pytest.raises(ValueError, match=r"cannot share emb.weight: it is the same tensor as head.weight"):
+        share_weights_(pruned, KMeansShare(k=4))
+
+
+def test_an_optimizer_step_after_sharing_does_not_meet_the_dense_gradient() -> None:
+    model = nn.Linear(8, 4)
+    model(torch.randn(2, 8)).sum().backward()  # a gradient of the weight's shape (4, 8)
+    share_weights_(model, KMeansShare(k=4))
+    codebook, _ = shared(model)
+    assert codebook.grad is None
+    model(torch.randn(2, 8)).sum().backward()  # failed: (4, 8) + (4,)
+    assert codebook.grad is not None and codebook.grad.shape == (4,)
