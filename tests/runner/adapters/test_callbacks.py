@@ -24,6 +24,7 @@ def test_a_trials_error_is_its_latest_failures_text(ray_local, tmp_path: Path) -
     """MLflow's `error` tag got the error file's path (Tune 2.60's Trial has no error_msg)."""
     trial = _trial(tmp_path, 0, 0.5)
     assert last_failure(trial) == ""
+    Path(trial.local_path).mkdir(parents=True)  # the driver's staging folder, which Tune makes as a trial starts
     trial.handle_error(RuntimeError("the first failure"))
     trial.handle_error(RuntimeError("worker died\nafter the retry"))
     assert last_failure(trial) == "worker died\nafter the retry"
