@@ -525,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"dcsweep: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `dcsweep inspect FILE | head`: the reader has all it wanted
+        return _closed_stdout()
     except Exception as exc:  # noqa: BLE001 - any failure while running: its traceback, then its cause
         bad_input, known = _error_kinds()
         if isinstance(exc, bad_input):
@@ -537,12 +539,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = str(exc).splitlines()[0] if str(exc) else ""
         print(f"dcsweep: failed: {type(exc).__name__}: {cause}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result))
-    else:
-        from .human import print_human
+    try:
+        if args.json:
+            print(json.dumps(result))
+        else:
+            from .human import print_human
 
-        print_human(args.command, result)
+            print_human(args.command, result)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `dcsweep pareto NAME | head`: the reader has all it wanted
+        return _closed_stdout()
     if result.get("interrupted"):
         print(f"dcsweep: interrupted: {result['trials_ended']} of {result['trials_total']} trials ended; "
               f"continue with: {result['resume']}", file=sys.stderr)
@@ -552,6 +558,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dcsweep: failed: all {len(result['errors'])} failed trials, none finished; the first: "
               f"{_last_line(result['errors'][0])}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _closed_stdout() -> int:
+    """Exit 0 quietly once stdout's reader has gone: what is left to flush goes nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -31,11 +31,11 @@ import yaml
 
 from dcsweep.runner.cycle import ConfigError, CycleConfig, DataError, load_dataset
 from dcsweep.runner.cycle.config import check_settings
-from dcsweep.runner.cycle.datasets import synthetic_stand_in
+from dcsweep.runner.cycle.datasets import BUNDLED_SHAPES, synthetic_stand_in
 from dcsweep.search_spaces import SearchSpace, SpaceError, load_space
 
 from .lease import refuse_if_held
-from .places import check_tracking_uri, fit_resources, local_resources, tracking_uri_for
+from .places import check_ray_address, check_tracking_uri, fit_resources, local_resources, tracking_uri_for
 from .storage import Storage
 
 log = logging.getLogger("dcsweep")
@@ -87,9 +87,27 @@ def new_sweep(space: SearchSpace, name: str | None, storage: Storage, tracking_u
                           f"continue it with `dcsweep resume {name}`")
     if address is None:  # a local Ray instance gets this machine: trials must fit, known now
         space = fit_resources(space, smoke, *local_resources())
+        check_local_data(space)
     sweep = Sweep(name, space, storage, uri, smoke, address)
     _check_places(sweep)
     return sweep
+
+
+def check_local_data(space: SearchSpace) -> None:
+    """A local sweep's data set is on this machine, read as its trials will read it: otherwise
+    every trial fails in turn, each with a traceback. A cluster's data is on its nodes, and an
+    image folder is only looked for (reading a million file names twice is not a check)."""
+    if {"dataset", "data_root", "download"} & {d.name for d in space.swept}:
+        return
+    cfg = CycleConfig.from_dict(space.fixed)
+    if cfg.download or cfg.dataset.startswith("synthetic:") or cfg.dataset in BUNDLED_SHAPES:
+        return
+    if cfg.dataset.startswith("imagefolder:"):
+        folder = Path(cfg.dataset.split(":", 1)[1]).expanduser()
+        if not (folder / "train").is_dir() or not any((folder / d).is_dir() for d in ("val", "test")):
+            raise DataError(f"image folder {folder} needs train/ and val/ (or test/) subfolders")
+        return
+    load_dataset(cfg.dataset, cfg.data_root, False, cfg.image_size, cfg.val_fraction)  # DataError: exit 2
 
 
 def resume_sweep(name: str | None, storage: Storage, tracking_uri: str | None, address: str | None,
@@ -112,6 +130,8 @@ def resume_sweep(name: str | None, storage: Storage, tracking_uri: str | None, a
     uri = tracking_uri_for(storage, tracking_uri, saved=meta.get("tracking_uri"))
     if address is None:
         fit_resources(space, False, *local_resources())  # its trials fit, or it is refused here
+        if not meta.get("smoke"):
+            check_local_data(space)
     check_tune_state(storage, name)
     sweep = Sweep(name, space, storage, uri, bool(meta.get("smoke")), address, resume=True)
     _check_places(sweep)
@@ -216,8 +236,10 @@ def write_sweep_files(sweep: Sweep) -> None:
 
 
 def _check_places(sweep: Sweep) -> None:
-    """The tracking store is reachable and the storage writable, before anything starts."""
+    """The tracking store is reachable, the storage writable and the Ray cluster there, before
+    anything starts."""
     check_tracking_uri(sweep.tracking_uri)
+    check_ray_address(sweep.address)
     sweep.storage.check_writable()
 
 

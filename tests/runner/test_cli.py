@@ -134,11 +134,18 @@ def test_human_output(capsys, tmp_path: Path) -> None:
      r"tracking URI 'foo://bar' is not allowed; it must start with one of"),
     (["pareto", "sw", "--tracking-uri", "http://127.0.0.1:9", "--storage", "{tmp}/s"],
      r"MLflow tracking server http://127.0.0.1:9 does not answer"),
+    # found by a new user's trial: Ray retried an absent cluster for minutes; root passed os.access
+    (["run", "--smoke-test", "--address", "127.0.0.1:9", "--storage", "{tmp}/s"],
+     r"--address='127.0.0.1:9': no Ray cluster answers at .*:9 \(.*\); start one with `ray start --head`"),
+    (["run", "--smoke-test", "--tracking-uri", "sqlite:////proc/x/mlflow.db", "--storage", "{tmp}/s"],
+     r"tracking URI 'sqlite:////proc/x/mlflow.db': /proc is not writable"),
+    (["run", "{tmp}/nodata.yaml", "--storage", "{tmp}/s"], r"dataset 'cifar10' needs --data-root DIR"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str], message: str) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     (tmp_path / "layers.yaml").write_text("name: typo\nfixed: {layers: {fc9: 0.5}}\nswept: {k: {grid: [4, 8]}}\n")
     (tmp_path / "klayers.yaml").write_text("name: typo\nfixed: {k_layers: {fc9: 4}}\nswept: {k: {grid: [4, 8]}}\n")
+    (tmp_path / "nodata.yaml").write_text("name: nodata\nfixed: {dataset: cifar10}\nswept: {k: {grid: [4, 8]}}\n")
     code, _, err = run(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
@@ -364,3 +371,12 @@ def _numel(shape: list[int]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def test_output_into_a_closed_pipe_ends_quietly(compressed) -> None:
+    """`dcsweep pareto NAME | head`: a BrokenPipeError traceback once the reader had left (`true`
+    leaves before the command has started)."""
+    path, _ = compressed
+    done = subprocess.run(f"{sys.executable} -m dcsweep.runner.cli inspect {path} | true", shell=True,
+                          capture_output=True, text=True)
+    assert done.stderr == ""
