@@ -188,6 +188,16 @@ class ProgressCallback(tune.Callback):
         self.__dict__.update(state)
         self._restart()
 
+    def get_state(self) -> dict[str, Any]:
+        """What Tune saves with each snapshot of the experiment and gives back on a resume: the
+        front so far, so a resumed sweep's line counts every finished trial, not its own only."""
+        return {"front": dict(self.front.points), "finished": self.finished}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.front = Front({str(k): (float(v[0]), float(v[1])) for k, v in state.get("front", {}).items()})
+        self.finished = int(state.get("finished", 0))
+        self._restart()
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         report = Report.from_metrics(result)
         name = label(_swept(self.space, trial.config))

@@ -84,6 +84,7 @@ class SweepTracker:
         self._status: dict[str, str] = {}  # run id -> status as this driver knows it
         self._front: Front | None = None  # run id -> (val accuracy, bytes) of the runs on the front
         self._tables: set[str] = set()  # sensitivity tables logged on the parent by this driver
+        self._logged_parent: dict[str, set[int]] = {}  # parent metric -> its steps (see _parent_steps)
         self._finished_count = 0  # finished trials: the step of the front's summary
         self._reference: float | None = None  # the dense model's bytes: the hypervolume's reference point
         self._best = _Best()  # the parent's summary of every finished trial, kept as they finish
@@ -184,11 +185,23 @@ class SweepTracker:
 
     def log_stage_totals(self, computed: int, reused: int, seconds_saved: float) -> None:
         """On the parent: stages this sweep's trials computed and took from others (or from
-        earlier sweeps), and the trial-seconds that taking them saved."""
+        earlier sweeps), and the trial-seconds that taking them saved; at step = finished
+        trials, once (a resumed sweep that ends with as many logs nothing new)."""
+        step = self._finished_count
+        if step in self._parent_steps("stages_computed"):
+            return
         now = int(time.time() * 1000)
         self.client.log_batch(self.parent_id, metrics=[
-            Metric("stages_computed", computed, now, 0), Metric("stages_reused", reused, now, 0),
-            Metric("trial_seconds_saved", seconds_saved, now, 0)])
+            Metric("stages_computed", computed, now, step), Metric("stages_reused", reused, now, step),
+            Metric("trial_seconds_saved", seconds_saved, now, step)])
+        self._parent_steps("stages_computed").add(step)
+
+    def _parent_steps(self, key: str) -> set[int]:
+        """The steps the parent has of metric ``key``: read from MLflow once per driver (a
+        resumed sweep's earlier drivers logged some), then kept here as this one logs more."""
+        if key not in self._logged_parent:
+            self._logged_parent[key] = {m.step for m in self.client.get_metric_history(self.parent_id, key)}
+        return self._logged_parent[key]
 
     def finish_trial(self, trial_id: str, result: CycleResult | None, files: Mapping[str, Path]) -> None:
         run_id = self._runs[trial_id]
@@ -262,11 +275,13 @@ class SweepTracker:
         self.client.set_terminated(run_id, "FINISHED")
         self._status[run_id] = "FINISHED"
 
-    @staticmethod
-    def _flag_batch(optimal: bool) -> tuple[list[Metric], list[RunTag]]:
-        """``pareto_optimal`` as a tag (to filter by) and a 0/1 metric (to colour charts by)."""
+    def _flag_batch(self, optimal: bool) -> tuple[list[Metric], list[RunTag]]:
+        """``pareto_optimal`` as a tag (to filter by) and a 0/1 metric (to colour charts by), at
+        step = the sweep's finished trials: a run joins the front at its own finish and leaves
+        it at a later one, so its history says when, one value a step."""
         now = int(time.time() * 1000)
-        return [Metric(PARETO_TAG, float(optimal), now, 0)], [RunTag(PARETO_TAG, str(optimal).lower())]
+        return ([Metric(PARETO_TAG, float(optimal), now, self._finished_count)],
+                [RunTag(PARETO_TAG, str(optimal).lower())])
 
     def _flag(self, run_id: str, optimal: bool) -> None:
         metrics, tags = self._flag_batch(optimal)
@@ -280,9 +295,12 @@ class SweepTracker:
         if self._front is None or not self._reference:
             return
         now, step = int(time.time() * 1000), self._finished_count
+        if step in self._parent_steps("trials"):  # the end of a sweep, or a resume, with no trial finished since
+            return
         volume = hypervolume(list(self._front.points.values()), self._reference)
         summary = {"hypervolume": volume, "front_size": len(self._front.points), "trials": step, **self._best.metrics()}
         self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, step) for k, v in summary.items()])
+        self._parent_steps("trials").add(step)
 
     def fail_trial(self, trial_id: str, error: str) -> None:
         run_id = self._runs.get(trial_id)

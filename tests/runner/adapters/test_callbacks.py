@@ -46,3 +46,7 @@ def test_progress_keeps_the_front_as_trials_finish_and_restarts_its_clock_on_res
     resumed = pickle.loads(pickle.dumps(progress))  # as Tune restores its callbacks with the experiment
     assert resumed.front.points == progress.front.points and resumed.finished == 3
     assert resumed.ended_before is None and time.monotonic() - resumed.start < 60
+    restored = ProgressCallback(space)  # and the state it saves with each snapshot, given back on a resume
+    restored.set_state(progress.get_state())
+    assert restored.front.points == progress.front.points and restored.finished == 3
+    assert restored.front_line() == progress.front_line()  # a resume counted only its own trials

@@ -85,6 +85,10 @@ def test_sigkilled_sweep_resumes_without_losing_or_repeating_work(store) -> None
     assert all(r.info.status == "FINISHED" for r in runs)  # none left RUNNING
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED"
+    for run in [*runs, parent]:  # no run has a metric at one step twice (README: the parent's summaries too)
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.info.run_name, key, steps)
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]
         assert sorted(steps) == [0, 1, 2, 3]  # every phase once (those lost with the driver logged at the end)
@@ -362,7 +366,7 @@ def test_a_sqlite_store_in_a_read_only_folder_is_refused(tmp_path: Path) -> None
                f"dcsweep.runner.cli run --storage {tmp_path / 's'} --tracking-uri sqlite:///{folder}/mlflow.db")
     done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert f"{folder} is not writable; MLflow must write its SQLite store there" in done.stderr
+    assert f"{folder} is not writable (Read-only file system); MLflow must write its SQLite store there" in done.stderr
     assert not (tmp_path / "s").exists()
 
 
