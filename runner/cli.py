@@ -80,20 +80,23 @@ def _compress_args(p: argparse.ArgumentParser, table: bool = False) -> None:
                        help="... or for the fewest bytes within PT validation-accuracy points of dense")
         p.add_argument("--prune-steps", dest="prune_steps", type=int, default=s, help="prune->retrain rounds (3)")
         p.add_argument("--k", type=int, default=s, help="clusters per layer (32)")
-        p.add_argument("--k-conv", dest="k_conv", type=int, default=s, help="clusters per conv layer")
-        p.add_argument("--k-fc", dest="k_fc", type=int, default=s, help="clusters per fully connected layer")
+        p.add_argument("--k-conv", dest="k_conv", type=int, default=s, help="clusters per conv layer (default: --k)")
+        p.add_argument("--k-fc", dest="k_fc", type=int, default=s,
+                       help="clusters per fully connected layer (default: --k)")
     p.add_argument("--init", default=s, help=f"k-means init: {', '.join(INIT_NAMES)} (linear)")
     p.add_argument("--coder", default=s, help=f"entropy coder: {', '.join(CODER_NAMES)} (huffman)")
     p.add_argument("--index-bits", dest="index_bits", type=int, default=s, help="sparse gap width 1-15 (auto)")
-    p.add_argument("--epochs", type=int, default=s, help="dense training epochs")
+    p.add_argument("--epochs", type=int, default=s, help="dense training epochs (20)")
     if not table:
-        p.add_argument("--prune-epochs", dest="prune_epochs", type=int, default=s, help="retraining epochs per step")
-        p.add_argument("--share-epochs", dest="share_epochs", type=int, default=s, help="centroid fine-tuning epochs")
+        p.add_argument("--prune-epochs", dest="prune_epochs", type=int, default=s,
+                       help="retraining epochs per step (10)")
+        p.add_argument("--share-epochs", dest="share_epochs", type=int, default=s,
+                       help="centroid fine-tuning epochs (5)")
     p.add_argument("--optimizer", default=s, help="sgd or adam (adam)")
-    p.add_argument("--lr", type=float, default=s, help="dense learning rate")
+    p.add_argument("--lr", type=float, default=s, help="dense learning rate (0.001)")
     if not table:
-        p.add_argument("--prune-lr", dest="prune_lr", type=float, default=s, help="retraining learning rate")
-        p.add_argument("--share-lr", dest="share_lr", type=float, default=s, help="fine-tuning learning rate")
+        p.add_argument("--prune-lr", dest="prune_lr", type=float, default=s, help="retraining learning rate (2 x lr)")
+        p.add_argument("--share-lr", dest="share_lr", type=float, default=s, help="fine-tuning learning rate (lr / 5)")
     p.add_argument("--momentum", type=float, default=s, help="SGD momentum (0.9)")
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=s, help="L2 weight decay (0)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=s, help="training batch size (64)")
@@ -162,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the sweep --name (as `dcsweep resume`)")
     p.add_argument("--smoke-test", dest="smoke", action="store_true",
                    help="tiny epochs, a few trials; generated data for data sets not on disk")
-    p.add_argument("--cpus-per-trial", dest="cpus", type=float, help="CPUs per trial (fractions allowed)")
-    p.add_argument("--gpus-per-trial", dest="gpus", type=float, help="GPUs per trial (fractions allowed)")
+    p.add_argument("--cpus-per-trial", dest="cpus", type=float,
+                   help="CPUs per trial, fractions allowed (the space's resources.cpu)")
+    p.add_argument("--gpus-per-trial", dest="gpus", type=float,
+                   help="GPUs per trial, fractions allowed (the space's resources.gpu)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p = sub.add_parser("resume", help="continue a sweep whose driver died: finished trials are kept")
     p.add_argument("name", help="the sweep's name")
@@ -179,8 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", dest="tracking_uri",
                    help="MLflow tracking URI for the job (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--smoke-test", dest="smoke", action="store_true", help="tiny epochs, a few trials")
-    p.add_argument("--cpus-per-trial", dest="cpus", type=float, help="CPUs per trial (fractions allowed)")
-    p.add_argument("--gpus-per-trial", dest="gpus", type=float, help="GPUs per trial (fractions allowed)")
+    p.add_argument("--cpus-per-trial", dest="cpus", type=float,
+                   help="CPUs per trial, fractions allowed (the space's resources.cpu)")
+    p.add_argument("--gpus-per-trial", dest="gpus", type=float,
+                   help="GPUs per trial, fractions allowed (the space's resources.gpu)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p = sub.add_parser("pareto", help="a sweep's trials from MLflow, Pareto-optimal ones marked")
     p.add_argument("name", help="the sweep's name")

@@ -279,6 +279,22 @@ def test_run_help_lists_every_built_in_space_and_the_help_names_match_the_librar
     assert all(name in text for name in list_spaces())
 
 
+def test_the_defaults_compress_help_shows_are_the_cycles() -> None:
+    """The help is written without importing torch, so its defaults are text: checked here."""
+    import dataclasses
+
+    from dcsweep.runner.cli import build_parser
+    from dcsweep.runner.cycle import CycleConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(CycleConfig)}
+    compress = build_parser()._subparsers._group_actions[0].choices["compress"]
+    numeric = {k for k, v in defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    shown = {a.dest: a.help for a in compress._actions if a.dest in numeric}
+    assert {"epochs", "prune_epochs", "share_epochs", "lr", "k", "sparsity", "batch_size"} <= set(shown)
+    for dest, text in shown.items():
+        assert f"({defaults[dest]:g})" in text, (dest, text)
+
+
 def test_every_option_of_every_subcommand_has_help() -> None:
     import argparse
 
