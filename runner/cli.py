@@ -368,14 +368,26 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from .sweep.places import check_per_trial
 
     check_per_trial(args.cpus, args.gpus)
+    _check_address(args.address)
     space = space_as_run(args.space, args.smoke, args.cpus, args.gpus)
     if args.resume:
         return _drive(resume_sweep(args.name, _storage(args), args.tracking_uri, args.address, expect=space))
     return _drive(new_sweep(space, args.name, _storage(args), args.tracking_uri, args.smoke, args.address))
 
 
+def _check_address(address: str | None) -> None:
+    """A cluster answers at --address, before anything is written (ray.init would retry an
+    absent one for minutes); Ray is imported for it only when an address is given."""
+    if address:
+        from .adapters.nodes import check_ray_address
+
+        check_ray_address(address)
+
+
 def cmd_resume(args: argparse.Namespace) -> dict[str, Any]:
     from .sweep import resume_sweep
+
+    _check_address(args.address)
 
     return _drive(resume_sweep(args.name, _storage(args), args.tracking_uri, args.address))
 

@@ -5,17 +5,39 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import ray
+from ray._private.services import canonicalize_bootstrap_address
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dcsweep.runner.cycle import ConfigError
 from dcsweep.runner.sweep import Sweep, places
 
 log = logging.getLogger("dcsweep")
+
+
+def check_ray_address(address: str | None) -> None:
+    """A Ray cluster answers at ``--address`` (host:port, ray://host:port, or auto: the one
+    this machine last started): ray.init would otherwise retry an absent one for minutes."""
+    if address is None or address == "local":
+        return
+    try:
+        bootstrap = canonicalize_bootstrap_address(address.removeprefix("ray://"))
+    except Exception as exc:  # noqa: BLE001 - a malformed address, or auto with no cluster recorded
+        raise ConfigError(f"--address={address!r} names no Ray cluster ({str(exc).splitlines()[0][:200]}); give "
+                          f"HOST:PORT of a running cluster's head, or start one with `ray start --head`") from None
+    if bootstrap is None:
+        return
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--address={address!r}: no Ray cluster answers at {bootstrap} ({exc}); start one with "
+                          f"`ray start --head`, or give the address of a running one") from None
 
 
 def fit_resources(sweep: Sweep) -> Sweep:

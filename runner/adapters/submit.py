@@ -14,6 +14,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,25 @@ def submit(space: str, address: str, name: str | None, storage: str | None, trac
         except Exception as exc:  # noqa: BLE001 - connection, auth and version errors alike
             raise ConfigError(f"--address={address!r}: no Ray Jobs API answers there "
                               f"({str(exc).splitlines()[0][:200]})") from None
-        job_id = client.submit_job(entrypoint=shlex.join(command), runtime_env=runtime_env,
-                                   metadata={"dcsweep.sweep": name})
+        job_id = _submit(client, shlex.join(command), runtime_env, name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     log.info("submitted sweep %s as Ray job %s", name, job_id)
     return {"job_id": job_id, "name": name, "address": address, "entrypoint": shlex.join(command),
             "follow": f"ray job logs --address {address} --follow {job_id}",
             "status": f"ray job status --address {address} {job_id}"}
+
+
+def _submit(client: Any, entrypoint: str, runtime_env: dict[str, Any], name: str, within: float = 60.0) -> str:
+    """The job, submitted; a cluster just started answers "No available agent" until its job
+    agent is up (seconds), so that answer is retried for up to ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return str(client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                                         metadata={"dcsweep.sweep": name}))
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.info("the cluster's job agent is not up yet; trying again")
+            time.sleep(2.0)

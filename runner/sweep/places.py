@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import tempfile
 import urllib.parse
 import urllib.request
@@ -124,27 +123,6 @@ def _check_sqlite(uri: str) -> None:
         raise ConfigError(f"tracking URI {uri!r}: {where} is not writable ({exc.strerror or exc}); MLflow must "
                           f"write its SQLite store there") from None
 
-
-def check_ray_address(address: str | None) -> None:
-    """A Ray cluster answers at ``--address`` (host:port, ray://host:port, or auto: the one
-    this machine last started): ray.init would otherwise retry an absent one for minutes."""
-    if address is None or address == "local":
-        return
-    from ray._private.services import canonicalize_bootstrap_address
-
-    try:
-        bootstrap = canonicalize_bootstrap_address(address.removeprefix("ray://"))
-    except Exception as exc:  # noqa: BLE001 - a malformed address, or auto with no cluster recorded
-        raise ConfigError(f"--address={address!r} names no Ray cluster ({str(exc).splitlines()[0][:200]}); give "
-                          f"HOST:PORT of a running cluster's head, or start one with `ray start --head`") from None
-    if bootstrap is None:
-        return
-    host, _, port = bootstrap.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--address={address!r}: no Ray cluster answers at {bootstrap} ({exc}); start one with "
-                          f"`ray start --head`, or give the address of a running one") from None
 
 
 def fit_resources(space: SearchSpace, smoke: bool, cpus: float, gpus: float) -> SearchSpace:

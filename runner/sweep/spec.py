@@ -35,7 +35,7 @@ from dcsweep.runner.cycle.datasets import BUNDLED_SHAPES, synthetic_stand_in
 from dcsweep.search_spaces import SearchSpace, SpaceError, load_space
 
 from .lease import refuse_if_held
-from .places import check_ray_address, check_tracking_uri, fit_resources, local_resources, tracking_uri_for
+from .places import check_tracking_uri, fit_resources, local_resources, tracking_uri_for
 from .storage import Storage
 
 log = logging.getLogger("dcsweep")
@@ -236,10 +236,8 @@ def write_sweep_files(sweep: Sweep) -> None:
 
 
 def _check_places(sweep: Sweep) -> None:
-    """The tracking store is reachable, the storage writable and the Ray cluster there, before
-    anything starts."""
+    """The tracking store is reachable and the storage writable, before anything starts."""
     check_tracking_uri(sweep.tracking_uri)
-    check_ray_address(sweep.address)
     sweep.storage.check_writable()
 
 

@@ -234,3 +234,11 @@ def test_the_validation_split_is_the_same_whatever_the_runs_seed() -> None:
               for seed in (0, 7)]
     assert torch.equal(splits[0].validation.images, splits[1].validation.images)
     assert torch.equal(splits[0].train.labels, splits[1].train.labels)
+
+
+def test_a_synthetic_stand_in_for_imagenet_has_a_validation_split() -> None:
+    """A smoke test's stand-in for an image folder has ImageNet's 1,000 classes over 256
+    images: one image a class left no validation split."""
+    data = load_dataset("synthetic:3x16x16:1000")
+    assert data.num_classes == 1000 and len(data.validation) > 0
+    assert int(data.train.labels.max()) < 1000
