@@ -379,6 +379,9 @@ def _check_address(address: str | None) -> None:
     """A cluster answers at --address, before anything is written (ray.init would retry an
     absent one for minutes); Ray is imported for it only when an address is given."""
     if address:
+        from .adapters.env import use_ray_token
+
+        use_ray_token()  # before Ray is imported: it reads its authentication settings then
         from .adapters.nodes import check_ray_address
 
         check_ray_address(address)
