@@ -1,4 +1,5 @@
-"""The driver's Tune callbacks, on real Tune trials (which need the session's Ray instance)."""
+"""The driver's Tune callbacks, on real Tune trials. Their folders are tmp_path, not a Ray
+session's: these tests start no Ray (one running here slowed the cluster tests' own start)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 
 from dcsweep.runner.adapters.callbacks import ProgressCallback, last_failure
@@ -15,12 +15,23 @@ from dcsweep.runner.cycle.results import FINAL
 from dcsweep.search_spaces import load_space
 
 
+class _LocalTrial(Trial):
+    """Tune's Trial, its driver-side folder (where it writes error.txt) under tmp_path."""
+
+    folder = ""
+
+    @property
+    def local_path(self) -> str:
+        return self.folder
+
+
 def _trial(tmp_path: Path, number: int, sparsity: float) -> Trial:
-    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="tune", trial_dir_name=f"t{number}")
-    return Trial("trial", config={"sparsity": sparsity, "k": 4}, stub=True, storage=storage)
+    trial = _LocalTrial("trial", config={"sparsity": sparsity, "k": 4}, stub=True)
+    trial.folder = str(tmp_path / f"t{number}")
+    return trial
 
 
-def test_a_trials_error_is_its_latest_failures_text(ray_local, tmp_path: Path) -> None:
+def test_a_trials_error_is_its_latest_failures_text(tmp_path: Path) -> None:
     """MLflow's `error` tag got the error file's path (Tune 2.60's Trial has no error_msg)."""
     trial = _trial(tmp_path, 0, 0.5)
     assert last_failure(trial) == ""
@@ -31,7 +42,7 @@ def test_a_trials_error_is_its_latest_failures_text(ray_local, tmp_path: Path) -
 
 
 def test_progress_keeps_the_front_as_trials_finish_and_restarts_its_clock_on_resume(
-        ray_local, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     space = load_space("lenet300-digits")
     progress = ProgressCallback(space)
     trials = [_trial(tmp_path, i, s) for i, s in enumerate((0.8, 0.9, 0.95))]
