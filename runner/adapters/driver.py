@@ -278,14 +278,13 @@ def trial_dirname(swept: tuple[str, ...], trial: Any) -> str:
 
 def _tune_config(space: SearchSpace) -> tune.TuneConfig:
     if space.algorithm == "optuna":
-        import optuna
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
         # metric/mode only here: also setting them on TuneConfig silently makes it single-objective
         # validation accuracy: a searcher steered by the test part would overstate its front
         search = OptunaSearch(metric=["val_accuracy", "compressed_bytes"], mode=["max", "min"],
-                              sampler=optuna.samplers.NSGAIISampler(seed=space.seed))
+                              sampler=optuna_sampler(space.seed))
         return tune.TuneConfig(search_alg=ConcurrencyLimiter(search, max_concurrent=space.max_concurrent),
                                num_samples=space.num_samples, reuse_actors=True)
     # reuse_actors: a trial's worker keeps torch imported for the next trial (seconds each)
@@ -299,3 +298,21 @@ def _tune_config(space: SearchSpace) -> tune.TuneConfig:
     # random search: search.seed makes the same trials again (Tune's default draws from np.random)
     return tune.TuneConfig(num_samples=space.num_samples, reuse_actors=True, search_alg=BasicVariantGenerator(
         max_concurrent=space.max_concurrent, random_state=space.seed))
+
+
+def optuna_sampler(seed: int) -> Any:
+    """Multi-objective TPE with every setting spelled out, so a sweep samples alike on each
+    supported Optuna (3.6 to 5.x; 5.0 changed TPE's defaults and made it the multi-objective
+    default). TPE, not NSGA-II: Optuna advises TPE or GP below about 1,000 trials, and a sweep has
+    tens. Constant liar: Tune runs ``max_concurrent`` trials at once, and without it TPE proposes
+    the same point to each of them. NSGA-II is also not picklable from Optuna 5.1 on (its
+    generation cache holds a ``threading.Lock``), and Tune pickles the searcher with every
+    snapshot of the experiment."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():  # multivariate and constant_liar are "experimental" before 5.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, n_ei_candidates=24, multivariate=True,
+                                          constant_liar=True)

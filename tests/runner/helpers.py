@@ -141,6 +141,19 @@ def kill(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def kill_after_finished(proc: subprocess.Popen, tune_dir: Path, finished: int) -> None:
+    """SIGKILL a ``dcsweep`` subprocess and the Ray it started once ``finished`` trials of the
+    Tune experiment in ``tune_dir`` have finished."""
+    deadline = time.monotonic() + 300
+    while sum(bool(r) and r[-1]["phase"] == "final" for r in map(trial_rows, tune_dir.glob("trial_*"))) < finished:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    pids = children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kill(pids)
+
+
 @contextlib.contextmanager
 def cli(*argv: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """``dcsweep ARGV`` as a subprocess; on exit it and everything it started are killed."""

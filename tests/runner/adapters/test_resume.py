@@ -28,6 +28,7 @@ from ..helpers import (
     free_port,
     front,
     kill,
+    kill_after_finished,
     mlflow_server_command,
     ours_in_temp,
     served,
@@ -439,18 +440,6 @@ def test_a_tracking_server_that_goes_away_mid_sweep(store, tmp_path: Path) -> No
     assert not resumed.get("mlflow_pending") and front(resumed) == front(whole)
 
 
-def _kill_after(proc: subprocess.Popen, tune_dir: Path, finished: int) -> None:
-    """SIGKILL ``dcsweep`` and the Ray it started once ``finished`` trials have finished."""
-    deadline = time.monotonic() + 300
-    while sum(bool(r) and r[-1]["phase"] == "final" for r in map(trial_rows, tune_dir.glob("trial_*"))) < finished:
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.1)
-    pids = children(proc.pid)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    kill(pids)
-
-
 @pytest.mark.slow
 def test_both_ways_of_resuming_log_to_the_sweeps_own_tracking_server(store, mlflow_server) -> None:
     """Started against a tracking server, killed, continued with `run --resume`, killed again,
@@ -460,10 +449,10 @@ def test_both_ways_of_resuming_log_to_the_sweeps_own_tracking_server(store, mlfl
     tune_dir = storage / "sweeps" / "served" / "tune"
     args = ("--name", "served", "--storage", str(storage), "--json")
     with cli("run", str(folder / "space.yaml"), *args, "--tracking-uri", url) as proc:
-        _kill_after(proc, tune_dir, 2)
+        kill_after_finished(proc, tune_dir, 2)
     assert 2 <= len(child_runs(url, "served")) < 6
     with cli("run", str(folder / "space.yaml"), *args, "--resume") as proc:
-        _kill_after(proc, tune_dir, 4)
+        kill_after_finished(proc, tune_dir, 4)
     with cli("resume", "served", "--storage", str(storage), "--json") as proc:
         resumed = finish(proc)
     assert resumed["tracking_uri"] == url and front(resumed) == front(whole)

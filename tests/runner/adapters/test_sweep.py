@@ -339,7 +339,7 @@ def test_sweep_against_a_tracking_server(ray_local, mlflow_server, tmp_path: Pat
 
 @pytest.mark.slow
 def test_multi_objective_optuna_optimises_both(ray_local, tmp_path: Path, capsys) -> None:
-    """NSGA-II through Tune's OptunaSearch gets both objectives of every finished trial."""
+    """Multi-objective TPE through Tune's OptunaSearch gets both objectives of every finished trial."""
     import optuna
 
     (tmp_path / "mo.yaml").write_text("""
