@@ -6,15 +6,35 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# Every package at the version the suite last passed with (`make lock` writes it): a fresh clone
+# installs exactly what CI tested. `make CONSTRAINTS= run` installs from pyproject's ranges alone.
+CONSTRAINTS ?= constraints.txt
+PIP_INSTALL := $(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+# The oldest Optuna that pyproject admits, beside the venv: tests/runner/adapters/test_optuna.py
+# runs Optuna search on it as well as on the locked release.
+OPTUNA_OLDEST ?= 3.6.2
 
-.PHONY: test lint run ui bench clean
+.PHONY: test lint run ui bench clean lock upgrade-check
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) $(TORCH_SPEC)
+	$(PIP_INSTALL) -e '.[test,bench]'
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/optuna-oldest optuna==$(OPTUNA_OLDEST)
 	touch $@
+
+# Writes $(CONSTRAINTS) from the venv, after its suite passed: `make lock` for .venv, or
+# `make lock VENV=build/upgrade-venv` to take what `make upgrade-check` found working.
+lock:
+	{ echo "# Written by \`make lock\` from the venv the suite passed in ($$($(PY) -V), $$(uname -sm))."; \
+	  $(PY) -m pip freeze --all --exclude-editable; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+# The newest releases pyproject's ranges allow, in a scratch venv: which packages moved against
+# $(CONSTRAINTS), the fast suite and one real sweep per search algorithm. Not part of `make test`.
+upgrade-check: $(VENV)/.installed
+	$(PY) .ci/upgrade_check.py --constraints $(CONSTRAINTS) --torch '$(TORCH_SPEC)'
 
 # The main job: the default sweep (lenet300-digits) on a local Ray instance, tracked in a local
 # MLflow store under $(STORAGE); prints the Pareto table and the command that opens the UI.
