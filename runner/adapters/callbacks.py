@@ -98,7 +98,7 @@ class MlflowCallback(tune.Callback):
             # just before its end: each goes to MLflow with what follows, in one call
             hold = report.phase == FINAL or report.stages.get(report.phase, ("", False))[1]
             self._safely("metrics", trial, lambda tid: self.tracker.log_phase(
-                tid, report.phase, report.numbers, report.stages, hold=hold))
+                tid, report.phase, report.numbers, report.stages, hold=hold, recomputed=report.recomputed))
         elif report.phase == DIVERGED:
             self._safely("divergence", trial, lambda tid: self.tracker.fail_trial(tid, report.error or ""))
 
@@ -156,7 +156,8 @@ def sync_results(tracker: SweepTracker, space: SearchSpace, results: Any) -> Non
         for row in [] if frame is None else frame.to_dict("records"):
             report = Report.from_metrics(row)
             if report.step is not None:
-                tracker.log_phase(trial_id, report.phase, report.numbers, report.stages)
+                tracker.log_phase(trial_id, report.phase, report.numbers, report.stages,
+                                  recomputed=report.recomputed)
         last = Report.from_metrics(metrics)
         if last.phase == DIVERGED:
             tracker.fail_trial(trial_id, last.error or "")

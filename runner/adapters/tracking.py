@@ -137,9 +137,11 @@ class SweepTracker:
                 self.client.delete_tag(run_id, "error")
 
     def log_phase(self, trial_id: str, phase: str, metrics: Mapping[str, float],
-                  stages: Mapping[str, tuple[str, bool]] | None = None, hold: bool = False) -> None:
+                  stages: Mapping[str, tuple[str, bool]] | None = None, hold: bool = False,
+                  recomputed: Mapping[str, str] | None = None) -> None:
         """Metrics of one finished phase at step 0 (dense) .. 3 (final), and the keys of the
-        stages the trial used so far as tags (``dcsweep.stage.<phase>``, with ``...reused``);
+        stages the trial used so far as tags (``dcsweep.stage.<phase>``, with ``...reused``, and
+        ``...recomputed`` = the damage found when a stored stage was set aside and computed again);
         a step already logged (a resumed trial redoing a phase) is skipped.
 
         With ``hold`` the batch waits to go with the run's next call (its next phase, its end,
@@ -158,6 +160,7 @@ class SweepTracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         tags = [RunTag(f"{STAGE_TAG}.{p}", key) for p, (key, _) in (stages or {}).items()]
         tags += [RunTag(f"{STAGE_TAG}.{p}.reused", str(reused).lower()) for p, (_, reused) in (stages or {}).items()]
+        tags += [RunTag(f"{STAGE_TAG}.{p}.recomputed", why) for p, why in (recomputed or {}).items()]
         held[step] = (batch, tags)
         self._held_since.setdefault(run_id, time.monotonic())
         if not hold:
@@ -233,7 +236,8 @@ class SweepTracker:
             for phase in (*(p for p in PHASES if p in result.accuracy), FINAL):
                 if STEPS[phase] not in have:
                     report = Report.from_metrics((result if phase == FINAL else result.as_of(phase)).metrics(phase))
-                    self.log_phase(trial_id, phase, report.numbers, report.stages, hold=True)
+                    self.log_phase(trial_id, phase, report.numbers, report.stages, hold=True,
+                                   recomputed=report.recomputed)
         self._join_front(run_id, result, tags)  # tags now; the parent's csv/png at the end
 
     def _log_allocation(self, run_id: str, result: CycleResult, files: Mapping[str, Path]) -> None:

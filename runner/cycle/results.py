@@ -64,7 +64,8 @@ class CycleResult:
     bytes_by_phase: Mapping[str, int] = field(default_factory=dict)
     encoded: Encoded | None = None
     #: phase -> {"key": the stage's key, "reused": taken from an earlier computation,
-    #: "seconds": what computing the stage took (saved when reused)}
+    #: "seconds": what computing the stage took (saved when reused), and "recomputed": the damage
+    #: found in the stored stage when it was set aside and computed again}
     stages: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     val_accuracy: Mapping[str, float] = field(default_factory=dict)
     #: layer -> {"sparsity", "k"} chosen by the allocator (``target_ratio``/``max_drop``), and
@@ -117,6 +118,8 @@ class CycleResult:
         for name, stage in self.stages.items():
             out[f"stage_{name}"], out[f"reused_{name}"] = stage["key"], bool(stage["reused"])
             out[f"seconds_saved_{name}"] = float(stage["seconds"]) if stage["reused"] else 0.0
+            if stage.get("recomputed"):
+                out[f"recomputed_{name}"] = str(stage["recomputed"])
         if self.encoded is not None and phase == FINAL:
             e = self.encoded
             out.update(sparsity=e.sparsity, compressed_bytes=e.compressed_bytes, dense_bytes=e.dense_bytes,
@@ -174,15 +177,18 @@ class Report:
     error: str | None
     numbers: Mapping[str, float]  # every number MLflow logs at this phase's step
     stages: Mapping[str, tuple[str, bool]] = field(default_factory=dict)  # phase -> (key, reused)
+    recomputed: Mapping[str, str] = field(default_factory=dict)  # phase -> the damage its stored stage had
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> Report:
         numbers = {k: float(v) for k, v in metrics.items() if _loggable(k, v)}
         stages = {phase: (str(metrics[f"stage_{phase}"]), _flag(metrics.get(f"reused_{phase}")))
                   for phase in PHASES if isinstance(metrics.get(f"stage_{phase}"), str)}
+        recomputed = {phase: metrics[f"recomputed_{phase}"][:500] for phase in PHASES
+                      if isinstance(metrics.get(f"recomputed_{phase}"), str) and metrics[f"recomputed_{phase}"]}
         return cls(str(metrics.get("phase")), _number(metrics.get("accuracy")), _number(metrics.get("val_accuracy")),
                    _number(metrics.get("compressed_bytes")), _number(metrics.get(RATIO_METRIC)),
-                   metrics.get("error"), numbers, stages)
+                   metrics.get("error"), numbers, stages, recomputed)
 
     @property
     def step(self) -> int | None:

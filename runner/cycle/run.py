@@ -41,15 +41,27 @@ from dcsweep.compression import (
     size_report,
     sparsity,
 )
+from dcsweep.compression.errors import CompressedFileError
 from dcsweep.compression.layers import compressible_layers, structural_mask, tensor
 
 from .allocation import Allocation, fit_budget
 from .config import ConfigError, CycleConfig
 from .datasets import Data, load_dataset
+from .fingerprint import fingerprint
 from .models import create_model
 from .results import MODEL_FILE, PHASES, STATE_FILE, CycleResult, Encoded
 from .sensitivity import CSV_FILE, KS, PLOT_FILE, SPARSITIES, TABLE_FILE, Table, measure
-from .stages import STAGE_FILE, NoStages, StageRecord, Stages, ladder_keys, sensitivity_key, stage_keys
+from .stages import (
+    NoStages,
+    StageDamaged,
+    StageRecord,
+    Stages,
+    key_of,
+    ladder_inputs,
+    sensitivity_inputs,
+    stage_inputs,
+    stage_keys,
+)
 from .train import Schedule, evaluate, fit, pick_device, seed_everything
 
 log = logging.getLogger("dcsweep")
@@ -82,9 +94,24 @@ class _Cycle:
         cfg.check_layers(self.model)  # a rule naming no layer is refused before any training
         self.result = CycleResult(cfg.to_dict())
         self.dense_sha256 = _dense_digest(cfg)  # hashed once: a dense file can be large
-        self.keys = stage_keys(cfg, self.dense_sha256)
+        self.data_id = fingerprint(self.data)  # the data by its content: part of every stage key
+        self.set_keys()
         self.stages: Stages = NoStages()
         self.allocated_from: Table | None = None  # the sensitivity table this run allocated from
+
+    def set_keys(self) -> None:
+        """Each phase's stage key and what makes it, for the settings as they stand."""
+        self.inputs = stage_inputs(self.cfg, self.dense_sha256, self.data_id)
+        self.keys = {phase: key_of(inputs) for phase, inputs in self.inputs.items()}
+
+    def record(self, phase: str, inputs: Mapping[str, Any], accuracy: float | None, val_accuracy: float,
+               seconds: float, files: tuple[str, ...] = (MODEL_FILE,)) -> StageRecord:
+        """The record of a stage computed here: its figures, what made its key, and for the
+        people who list the store, the model and the data set with its resolved path."""
+        about = {"model": self.cfg.model, "dataset": self.cfg.dataset, "data_path": _data_path(self.cfg),
+                 "data": self.data_id, "settings": {k: v for k, v in self.cfg.to_dict().items()
+                                                    if k in ("sparsity", "k", "k_conv", "k_fc", "quality")}}
+        return StageRecord(phase, key_of(inputs), accuracy, val_accuracy, seconds, files, inputs, about)
 
     def scores(self, model: nn.Module | None = None) -> tuple[float, float]:
         """(test accuracy, validation accuracy) of ``model`` (default: the cycle's)."""
@@ -121,15 +148,16 @@ class _Cycle:
     def climb(self) -> None:
         """The rungs below this trial's: each taken from the stages, or computed from the rung
         below and published for every other trial that climbs past it."""
-        for number, (target, key) in enumerate(ladder_keys(self.cfg, self.keys["dense"])[:-1]):
+        for number, (target, inputs) in enumerate(ladder_inputs(self.cfg, self.keys["dense"], self.data_id)[:-1]):
+            key = key_of(inputs)
             with self.stages.claim("pruned", key) as found:
                 if found is not None:
-                    load_compressed(found / MODEL_FILE, self.model)
+                    _load_stage(found.folder / MODEL_FILE, self.model)
                     continue
                 start = time.perf_counter()
                 self.prune_rung(number, target)
                 accuracy, val_accuracy = self.scores()
-                record = StageRecord("pruned", key, accuracy, val_accuracy, time.perf_counter() - start)
+                record = self.record("pruned", inputs, accuracy, val_accuracy, time.perf_counter() - start)
                 log.info("ladder rung %d (sparsity %g): accuracy %.4f in %.1fs", number, target, accuracy,
                          record.seconds)
                 with tempfile.TemporaryDirectory(prefix="dcsweep-rung-", dir=self.workdir) as tmp:
@@ -154,10 +182,10 @@ class _Cycle:
         """The sensitivity table of the dense model, and whether it was taken from the stages
         (computed once per dense model and grid, like any stage). Without ``dense_ready`` the
         dense stage is taken or computed first, and only when the table is not kept already."""
-        key = sensitivity_key(self.cfg, self.keys["dense"], sparsities, ks)
-        with self.stages.claim("sensitivity", key) as found:
+        inputs = sensitivity_inputs(self.cfg, self.keys["dense"], sparsities, ks, self.data_id)
+        with self.stages.claim("sensitivity", key_of(inputs)) as found:
             if found is not None:
-                return _read_table(found), True
+                return _read_table(found.folder), True
             if not dense_ready:
                 self.run_stage("dense", self.keys["dense"], seed_everything(self.cfg.seed), self.stages)
             table = measure(self.model, self.data.validation, self.device, sparsities, ks, coder=self.cfg.coder,
@@ -167,9 +195,9 @@ class _Cycle:
                      len(sparsities) * len(ks), table.seconds)
             with tempfile.TemporaryDirectory(prefix="dcsweep-sensitivity-", dir=self.workdir) as tmp:
                 table.write(Path(tmp))
-                record = StageRecord("sensitivity", key, None, table.dense_val_accuracy, table.seconds,
+                record = self.record("sensitivity", inputs, None, table.dense_val_accuracy, table.seconds,
                                      (TABLE_FILE, CSV_FILE, PLOT_FILE))
-                self.stages.publish("sensitivity", key, Path(tmp), record)
+                self.stages.publish("sensitivity", record.key, Path(tmp), record)
             return table, False
 
     def retrain_for_table(self, model: nn.Module, number: int) -> None:
@@ -197,7 +225,7 @@ class _Cycle:
                  allocation.to_json(), priced, allocation.predicted_val_accuracy)
         self.result = dataclasses.replace(self.result, allocation=allocation.to_json(), allocation_predicted={
             "budget_bytes": budget, "bytes": priced, "val_accuracy": allocation.predicted_val_accuracy,
-            "table": sensitivity_key(cfg, self.keys["dense"], *grid)})
+            "table": key_of(sensitivity_inputs(cfg, self.keys["dense"], *grid, self.data_id))})
         self.apply(allocation.to_json())
 
     def apply(self, allocation: Mapping[str, Mapping[str, Any]]) -> None:
@@ -207,7 +235,7 @@ class _Cycle:
             self.cfg, target_ratio=None, max_drop=None,
             layers={name: float(v["sparsity"]) for name, v in allocation.items()},
             k_layers={name: int(v["k"]) for name, v in allocation.items()})
-        self.keys = stage_keys(self.cfg, self.dense_sha256)
+        self.set_keys()
 
     def price(self, allocation: Allocation) -> int:
         """The .dcz size of the dense model pruned and shared as ``allocation`` says, without
@@ -236,10 +264,10 @@ class _Cycle:
         from_file = phase == "dense" and self.cfg.dense_path is not None
         with (NoStages() if from_file else stages).claim(phase, key) as found:
             if found is not None:
-                record = StageRecord.from_json(json.loads((found / STAGE_FILE).read_text()))
+                record = found.record
                 if record.accuracy is None:
-                    raise ValueError(f"stage {phase}/{key} holds no model's accuracy: not a {phase} stage")
-                load_compressed(found / MODEL_FILE, self.model)  # bit-exact: the very weights computed
+                    raise StageDamaged(f"stage {phase}/{key} holds no model's accuracy: not a {phase} stage")
+                _load_stage(found.folder / MODEL_FILE, self.model)  # bit-exact: the very weights computed
                 log.info("%s: stage %s reused (accuracy %.4f, %.1fs saved)", phase, key, record.accuracy,
                          record.seconds)
                 stage = {"key": key, "reused": True, "seconds": record.seconds}
@@ -252,8 +280,11 @@ class _Cycle:
             if from_file:  # loaded, not computed: the pruned stage's key holds the file's digest
                 self.checkpoint(phase, accuracy, val_accuracy, seconds, None)
                 return
-            record = StageRecord(phase, key, accuracy, val_accuracy, seconds)
-            self.checkpoint(phase, accuracy, val_accuracy, seconds, {"key": key, "reused": False, "seconds": seconds},
+            record = self.record(phase, self.inputs[phase], accuracy, val_accuracy, seconds)
+            stage = {"key": key, "reused": False, "seconds": seconds}
+            if (damage := stages.recomputed(phase, key)) is not None:
+                stage["recomputed"] = damage
+            self.checkpoint(phase, accuracy, val_accuracy, seconds, stage,
                             lambda folder: stages.publish(phase, key, folder, record))
 
     def checkpoint(self, phase: str, accuracy: float, val_accuracy: float, seconds: float,
@@ -400,10 +431,28 @@ def check_target(cfg: CycleConfig) -> None:
 
 
 def cached_table(cfg: CycleConfig, stages: Stages, sparsities: Sequence[float], ks: Sequence[int]) -> Table | None:
-    """The table ``stages`` keep for these settings, found without loading data or models."""
-    key = sensitivity_key(cfg, stage_keys(cfg, _dense_digest(cfg))["dense"], sparsities, ks)
-    with stages.claim("sensitivity", key) as found:
-        return None if found is None else _read_table(found)
+    """The table ``stages`` keep for these settings, found without training or measuring (the
+    data set is loaded: its fingerprint is part of the key)."""
+    data_id = fingerprint(load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size, cfg.val_fraction))
+    dense = stage_keys(cfg, _dense_digest(cfg), data_id)["dense"]
+    with stages.claim("sensitivity", key_of(sensitivity_inputs(cfg, dense, sparsities, ks, data_id))) as found:
+        return None if found is None else _read_table(found.folder)
+
+
+def _load_stage(path: Path, model: nn.Module) -> None:
+    """A stage's verified model into ``model``; StageDamaged when it still does not load (a
+    stage written wrong, or forged with matching digests), so the store sets it aside."""
+    try:
+        load_compressed(path, model)
+    except CompressedFileError as exc:
+        raise StageDamaged(f"its model does not load: {exc}") from None
+
+
+def _data_path(cfg: CycleConfig) -> str | None:
+    """Where the data set lies, resolved (for messages and listings; keys hold its content)."""
+    if cfg.dataset.startswith("imagefolder:"):
+        return str(Path(cfg.dataset.split(":", 1)[1]).expanduser().resolve())
+    return str(Path(cfg.data_root).expanduser().resolve()) if cfg.data_root else None
 
 
 def _read_table(stage: Path) -> Table:

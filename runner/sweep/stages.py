@@ -19,6 +19,8 @@ computes its own pruned and shared models.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
 import json
 import logging
 import random
@@ -28,14 +30,24 @@ import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
-from dcsweep.runner.cycle.stages import STAGE_FILE, StageRecord
+from dcsweep.runner.cycle.stages import (
+    MAX_RECORD_BYTES,
+    STAGE_FILE,
+    Found,
+    StageDamaged,
+    StageRecord,
+    read_record,
+    record_json,
+)
 
 from .lease import Lease
-from .storage import Storage
+from .storage import Storage, is_full
 
 log = logging.getLogger("dcsweep")
 ROOT = "stages"
 POLL_S = (0.2, 1.0)  # a waiter looks again after a random pause in this range
+DAMAGED = ".damaged-"  # a damaged stage set aside: <key>.damaged-<UTC time>/
+CHUNK = 1 << 22  # bytes read at a time while a stored file is hashed
 
 
 class StageStore:
@@ -46,6 +58,7 @@ class StageStore:
         computed by every cycle and never kept."""
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
         self.phases = None if phases is None else frozenset(phases)
+        self._damage: dict[tuple[str, str], str] = {}  # (phase, key) -> why this process recomputed it
 
     def shares(self, phase: str) -> bool:
         return self.phases is None or phase in self.phases
@@ -57,25 +70,29 @@ class StageStore:
         return self.storage.exists(*self.folder(phase, key), STAGE_FILE)
 
     @contextlib.contextmanager
-    def claim(self, phase: str, key: str) -> Iterator[Path | None]:
+    def claim(self, phase: str, key: str) -> Iterator[Found | None]:
         if not self.shares(phase):
             yield None
             return
         waited = False
         while True:
-            if self.done(phase, key):
-                with self._local_copy(phase, key) as found:
+            found, damage = self._take(phase, key) if self.done(phase, key) else (None, None)
+            if found is not None:
+                with self._used(phase, key, found):
                     yield found
                 return
             lease = Lease(self.storage, key, (*self.folder(phase, key), "leases"), what=f"{phase} stage")
             holder = lease.try_acquire()
             if holder is None:
                 try:
-                    if self.done(phase, key):  # published between our look and our lease
-                        with self._local_copy(phase, key) as found:
+                    found, damage = self._take(phase, key) if self.done(phase, key) else (None, None)
+                    if found is not None:  # published between our look and our lease
+                        with self._used(phase, key, found):
                             yield found
-                    else:
-                        yield None
+                        return
+                    if damage is not None:
+                        self._set_aside(phase, key, damage)
+                    yield None
                 finally:
                     lease.release()
                 return
@@ -84,32 +101,114 @@ class StageStore:
                 waited = True
             time.sleep(random.uniform(*POLL_S))
 
+    def recomputed(self, phase: str, key: str) -> str | None:
+        return self._damage.get((phase, key))
+
     def publish(self, phase: str, key: str, folder: Path, record: StageRecord) -> None:
-        """The model first, the record last: a stage without its record is not done, and is
-        computed again by whoever next finds no live lease on it."""
+        """The files first, the record last: a stage without its record is not done, and is
+        computed again by whoever next finds no live lease on it. The record holds each file's
+        sha256 and size, taken as the file is read to be stored."""
         if not self.shares(phase):
             return
         where = self.folder(phase, key)
+        files = {}
         for name in record.files:
-            self.storage.write_bytes((folder / name).read_bytes(), *where, name)
-        self.storage.write_text(json.dumps(record.to_json(), indent=1), *where, STAGE_FILE)
+            data = (folder / name).read_bytes()
+            files[name] = (hashlib.sha256(data).hexdigest(), len(data))
+            self.storage.write_bytes(data, *where, name)
+        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.storage.write_text(json.dumps(record_json(record, files, created), indent=1), *where, STAGE_FILE)
 
-    @contextlib.contextmanager
-    def _local_copy(self, phase: str, key: str) -> Iterator[Path]:
-        """The stage as a local folder: itself on a filesystem, a temporary copy from an
-        object store."""
-        where = self.folder(phase, key)
-        if self.storage.local is not None:
-            yield self.storage.local.joinpath(*where)
-            return
+    # -- checking what is stored ----------------------------------------------------------
+    def verify(self, phase: str, key: str) -> StageRecord:
+        """The stage's record once every check of reuse passed; StageDamaged naming the first
+        that failed. Reads each file once (``dcsweep stages verify``)."""
+        with self._verified(phase, key, None) as record:
+            return record
+
+    def _take(self, phase: str, key: str) -> tuple[Found | None, str | None]:
+        """(the stage as a verified private copy, None), or (None, what is wrong with it)."""
         tmp = Path(tempfile.mkdtemp(prefix="dcsweep-stage-"))
         try:
-            record = self.storage.read_bytes(*where, STAGE_FILE)
-            (tmp / STAGE_FILE).write_bytes(record)
-            for name in StageRecord.from_json(json.loads(record)).files:
-                if Path(name).name != name or name == STAGE_FILE:  # a record names files beside it only
-                    raise ValueError(f"stage {phase}/{key} names file {name[:100]!r}; a stage holds plain names")
-                (tmp / name).write_bytes(self.storage.read_bytes(*where, name))
-            yield tmp
-        finally:
+            with self._verified(phase, key, tmp) as record:
+                return Found(tmp, record), None
+        except StageDamaged as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            return None, str(exc)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @contextlib.contextmanager
+    def _verified(self, phase: str, key: str, into: Path | None) -> Iterator[StageRecord]:
+        """Check the stage's record and each file's size and sha256 while copying it ``into`` a
+        folder (or only reading it): one pass over each file, however large."""
+        where = self.folder(phase, key)
+        try:
+            size = self.storage.size(*where, STAGE_FILE)
+            if size > MAX_RECORD_BYTES:
+                raise StageDamaged(f"{STAGE_FILE} is {size} bytes; a record is at most {MAX_RECORD_BYTES}")
+            text = self.storage.read_bytes(*where, STAGE_FILE)
+            record, files = read_record(text, phase, key)
+            for name, (sha, size) in files.items():
+                _copy_checked(self.storage, (*where, name), sha, size, None if into is None else into / name)
+        except FileNotFoundError as exc:
+            raise StageDamaged(f"{Path(str(exc.filename or exc)).name} is missing") from None
+        except OSError as exc:
+            if is_full(exc):
+                raise
+            raise StageDamaged(f"cannot be read: {exc.strerror or exc}") from None
+        if into is not None:
+            (into / STAGE_FILE).write_bytes(text)
+        yield record
+
+    def _set_aside(self, phase: str, key: str, reason: str) -> None:
+        """Move the damaged stage's files (not its leases) to ``<key>.damaged-<UTC time>``, record
+        first, so it is no longer done; never delete them."""
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        where, aside = self.folder(phase, key), (ROOT, phase, f"{key}{DAMAGED}{when}")
+        names = self.storage.files(*where)
+        for name in sorted(names, key=lambda n: n != STAGE_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                self.storage.move((*where, name), (*aside, name))
+        self._damage[(phase, key)] = reason
+        log.warning("%s stage %s is damaged (%s): moved aside to %s and computed again", phase, key, reason,
+                    self.storage.uri(*aside))
+
+    @contextlib.contextmanager
+    def _used(self, phase: str, key: str, found: Found) -> Iterator[None]:
+        """The block that uses a verified stage; its private copy is removed afterwards. A
+        verified file that still does not load (StageDamaged from the block) sets the stage
+        aside, under its lease when that is free, so the next to need it computes it."""
+        try:
+            yield
+        except StageDamaged as exc:
+            lease = Lease(self.storage, key, (*self.folder(phase, key), "leases"), what=f"{phase} stage")
+            if lease.try_acquire() is None:
+                try:
+                    self._set_aside(phase, key, str(exc))
+                finally:
+                    lease.release()
+            raise
+        finally:
+            shutil.rmtree(found.folder, ignore_errors=True)
+
+
+def _copy_checked(storage: Storage, parts: tuple[str, ...], sha256: str, size: int, target: Path | None) -> None:
+    """Stream one stored file, hashing it (and writing it to ``target``); StageDamaged when its
+    size or digest is not the record's. Reads at most ``size`` + 1 bytes."""
+    digest, read = hashlib.sha256(), 0
+    with storage.open_input(*parts) as source, (open(target, "wb") if target else contextlib.nullcontext()) as out:
+        while chunk := source.read(min(CHUNK, size + 1 - read)):
+            digest.update(chunk)
+            read += len(chunk)
+            if out is not None:
+                out.write(chunk)
+            if read > size:
+                break
+    name = parts[-1]
+    if read != size:
+        raise StageDamaged(f"{name} is {'longer' if read > size else f'{read} bytes'}; its record says {size} bytes")
+    if digest.hexdigest() != sha256:
+        raise StageDamaged(f"{name} is not the file its record names (sha256 {digest.hexdigest()[:12]}..., "
+                           f"recorded {sha256[:12]}...)")

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from dcsweep.compression._files import write_atomic
 from dcsweep.runner.cycle import ConfigError
@@ -88,6 +88,32 @@ class Storage:
 
     def read_text(self, *parts: str) -> str:
         return self.read_bytes(*parts).decode()
+
+    def open_input(self, *parts: str) -> BinaryIO:
+        """A file to read as a stream (a large model is never read whole into memory)."""
+        if self.local is not None:
+            return self.local.joinpath(*parts).open("rb")
+        return cast(BinaryIO, self.fs.open_input_stream(self._remote(*parts)))
+
+    def size(self, *parts: str) -> int:
+        """The file's size in bytes; FileNotFoundError if it is not there."""
+        if self.local is not None:
+            return self.local.joinpath(*parts).stat().st_size
+        from pyarrow import fs
+
+        info = self.fs.get_file_info(self._remote(*parts))
+        if info.type != fs.FileType.File:
+            raise FileNotFoundError(self.uri(*parts))
+        return int(info.size)
+
+    def move(self, source: tuple[str, ...], target: tuple[str, ...]) -> None:
+        """One file to another name (a rename locally; a copy and a delete on an object store)."""
+        if self.local is not None:
+            path = self.local.joinpath(*target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.local.joinpath(*source), path)
+        else:
+            self.fs.move(self._remote(*source), self._remote(*target))
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         """Whole or not at all: a local file is renamed into place, an object store's put is atomic."""

@@ -17,12 +17,22 @@ from dcsweep.runner.sweep.stages import StageStore
 FAST = {"epochs": 6, "prune_steps": 2, "prune_epochs": 3, "share_epochs": 2}
 
 
+def digits_id() -> str:
+    """The fingerprint a cycle keys digits by."""
+    from dcsweep.runner.cycle import load_dataset
+    from dcsweep.runner.cycle.fingerprint import fingerprint
+
+    return fingerprint(load_dataset("digits"))
+
+
 def keys(**settings: object) -> dict[str, str]:
     return stage_keys(CycleConfig.from_dict({**FAST, **settings}))
 
 
-def test_every_key_changes_with_the_code_that_computes_stages(tmp_path: Path, monkeypatch) -> None:
-    """The package version stays 0.1.0 while a checkout changes; the source's digest does not."""
+def test_every_key_changes_with_what_the_stage_code_does_not_with_its_comments(tmp_path: Path, monkeypatch) -> None:
+    """The package version stays 0.1.0 while a checkout changes; the code's digest does not. A
+    comment or docstring edit (a patch release, a reformat) keeps every stage; an expression
+    edit recomputes them all."""
     import shutil
 
     import dcsweep.runner.cycle.stages as stages
@@ -31,13 +41,27 @@ def test_every_key_changes_with_the_code_that_computes_stages(tmp_path: Path, mo
     assert stages.code_digest() == stages.code_digest.__wrapped__()  # cached, and stable
     copy = tmp_path / "cycle"
     shutil.copytree(Path(stages.__file__).parent, copy)
-    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# one changed line\n")
     monkeypatch.setattr(stages, "__file__", str(copy / "stages.py"))  # the digest reads this folder
+    train = (copy / "train.py").read_text()
+    (copy / "train.py").write_text(train.replace('"""', '"""Reworded. ', 1) + "\n# one changed line\n")
+    assert stages.code_digest.__wrapped__() == stages.code_digest()
+    assert "momentum=" in train
+    (copy / "train.py").write_text(train.replace("momentum=", "momentum=0.5 * ", 1))
     changed = stages.code_digest.__wrapped__()
     assert changed != stages.code_digest()
     monkeypatch.setattr(stages, "code_digest", lambda: changed)
     after = keys()
     assert all(before[phase] != after[phase] for phase in before)
+
+
+def test_a_syntax_digest_ignores_docstrings_and_comments_only() -> None:
+    from dcsweep.runner.cycle.stages import syntax_digest
+
+    base = syntax_digest(b'"""Module."""\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    assert syntax_digest(b'def f(x):  # why\n    return x + 1\n') == base
+    assert syntax_digest(b'"""Other."""\ndef f(x):\n    return (x +\n            1)\n') == base
+    assert syntax_digest(b'def f(x):\n    return x + 2\n') != base
+    assert syntax_digest(b'def f(x):\n    "not first"\n    return x + 1\n') == base  # the docstring slot
 
 
 @pytest.mark.parametrize(("setting", "value", "changed"), [
@@ -135,7 +159,7 @@ def test_bad_ladders_are_refused(settings: dict, message: str) -> None:
 def test_a_ladder_computes_each_rung_once_and_the_next_trial_climbs_on_it(tmp_path: Path) -> None:
     store = StageStore(tmp_path / "store")
     high = run_cycle({**LADDER, "sparsity": 0.9, "k": 8}, stages=store)
-    rungs = ladder_keys(CycleConfig.from_dict({**LADDER, "sparsity": 0.9}), high.stages["dense"]["key"])
+    rungs = ladder_keys(CycleConfig.from_dict({**LADDER, "sparsity": 0.9}), high.stages["dense"]["key"], digits_id())
     assert all(store.done("pruned", key) for _, key in rungs)  # every rung published on the way
     low = run_cycle({**LADDER, "sparsity": 0.8, "k": 8}, stages=store)
     assert low.stages["pruned"] == {"key": rungs[1][1], "reused": True, "seconds": pytest.approx(
@@ -146,3 +170,21 @@ def test_a_ladder_computes_each_rung_once_and_the_next_trial_climbs_on_it(tmp_pa
     # whoever computes a rung computes the same one: a cycle with no store climbs to the same model
     alone = run_cycle({**LADDER, "sparsity": 0.9, "k": 8})
     assert alone.accuracy == high.accuracy and alone.bytes_by_phase == high.bytes_by_phase
+
+
+def test_a_cycle_recomputes_a_stage_swapped_with_another_and_says_so(tmp_path: Path) -> None:
+    """A pruned model replaced by another sparsity's is never reused: the trial recomputes it,
+    gets what a clean store gives, and its result names the damage (MLflow's
+    ``dcsweep.stage.pruned.recomputed``)."""
+    store = StageStore(tmp_path / "store")
+    first = run_cycle({**FAST, "sparsity": 0.9, "k": 8}, stages=store)
+    other = run_cycle({**FAST, "sparsity": 0.5, "k": 8}, stages=store)
+    pruned = tmp_path / "store" / "stages" / "pruned"
+    mine, theirs = first.stages["pruned"]["key"], other.stages["pruned"]["key"]
+    (pruned / mine / "model.dcz").write_bytes((pruned / theirs / "model.dcz").read_bytes())
+    again = run_cycle({**FAST, "sparsity": 0.9, "k": 8}, stages=store)
+    assert again.stages["pruned"]["reused"] is False
+    assert again.stages["pruned"]["recomputed"].startswith("model.dcz is ")  # another size or digest
+    assert again.metrics("final")["recomputed_pruned"] == again.stages["pruned"]["recomputed"]
+    assert again.accuracy == first.accuracy and again.bytes_by_phase == first.bytes_by_phase
+    assert again.stages["dense"]["reused"] is True and "recomputed" not in again.stages["dense"]

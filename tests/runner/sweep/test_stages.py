@@ -1,5 +1,6 @@
 """The stage store: a stage asked for by many processes at once is computed exactly once, a
-holder that dies hands it to the next, and an object store holds stages like a path."""
+holder that dies hands it to the next, an object store holds stages like a path, and a stored
+stage whose files or record were changed is set aside and computed again, once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dcsweep.runner.cycle.stages import StageRecord
+from dcsweep.runner.cycle.stages import StageRecord, key_of
 from dcsweep.runner.sweep import Storage
 from dcsweep.runner.sweep.stages import StageStore
 
@@ -21,13 +22,15 @@ from dcsweep.runner.sweep.stages import StageStore
 CLAIMANT = """
 import sys, time
 from pathlib import Path
-from dcsweep.runner.cycle.stages import StageRecord
+from dcsweep.runner.cycle.stages import StageRecord, key_of
 from dcsweep.runner.sweep.stages import StageStore
 
+INPUTS = {"phase": "pruned", "name": "k"}
+KEY = key_of(INPUTS)
 root, count, seconds, me = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 store = StageStore(root)
 print("asking", flush=True)
-with store.claim("pruned", "k") as found:
+with store.claim("pruned", KEY) as found:
     if found is None:
         with count.open("a") as f:
             f.write(me + "\\n")
@@ -35,12 +38,22 @@ with store.claim("pruned", "k") as found:
         work = Path(root).parent / f"work-{me}"
         work.mkdir()
         (work / "model.dcz").write_bytes(f"weights by {me}".encode())
-        store.publish("pruned", "k", work, StageRecord("pruned", "k", 0.5, 0.55, seconds))
+        store.publish("pruned", KEY, work, StageRecord("pruned", KEY, 0.5, 0.55, seconds, inputs=INPUTS))
         found_bytes = (work / "model.dcz").read_bytes()
     else:
-        found_bytes = (found / "model.dcz").read_bytes()
+        found_bytes = (found.folder / "model.dcz").read_bytes()
 print("got", found_bytes.decode(), flush=True)
 """
+
+
+def made(phase: str, name: str, accuracy: float = 0.5, val_accuracy: float = 0.55, seconds: float = 1.0
+         ) -> StageRecord:
+    """A stage's record whose key is made by its inputs, as a cycle's are."""
+    inputs = {"phase": phase, "name": name}
+    return StageRecord(phase, key_of(inputs), accuracy, val_accuracy, seconds, inputs=inputs)
+
+
+K = made("pruned", "k").key
 
 
 def _claimant(root: Path, count: Path, seconds: float, me: str) -> subprocess.Popen:
@@ -57,7 +70,7 @@ def test_seven_at_once_compute_it_exactly_once(tmp_path: Path) -> None:
     assert len(computers) == 1  # one computation among seven
     got = {out.split("got ", 1)[1].strip() for out, _ in outs}
     assert got == {f"weights by {computers[0]}"}  # and all seven hold its result
-    assert list((tmp_path / "store" / "stages" / "pruned" / "k" / "leases").glob("*.json")) == []
+    assert list((tmp_path / "store" / "stages" / "pruned" / K / "leases").glob("*.json")) == []
 
 
 def test_a_holder_killed_mid_stage_hands_it_to_the_next(tmp_path: Path) -> None:
@@ -90,25 +103,117 @@ def test_an_unfinished_stage_is_not_taken(tmp_path: Path) -> None:
 
 def test_an_object_store_holds_stages(s3_env: dict[str, str], tmp_path: Path) -> None:
     store = StageStore(Storage(f"s3://dcsweep-test/stages-{time.time_ns()}"))
-    with store.claim("pruned", "abc") as found:
+    record = made("pruned", "abc", 0.75, 0.8, 12.5)
+    with store.claim("pruned", record.key) as found:
         assert found is None
         (tmp_path / "model.dcz").write_bytes(b"pruned weights")
-        store.publish("pruned", "abc", tmp_path, StageRecord("pruned", "abc", 0.75, 0.8, 12.5))
-    with store.claim("pruned", "abc") as found:
-        assert found is not None and (found / "model.dcz").read_bytes() == b"pruned weights"
-        assert json.loads((found / "stage.json").read_text())["seconds"] == 12.5
-        copy = found
+        store.publish("pruned", record.key, tmp_path, record)
+    with store.claim("pruned", record.key) as found:
+        assert found is not None and (found.folder / "model.dcz").read_bytes() == b"pruned weights"
+        assert json.loads((found.folder / "stage.json").read_text())["seconds"] == 12.5 == found.record.seconds
+        copy = found.folder
     assert not copy.exists()  # the local copy of a remote stage is removed after use
 
 
 @pytest.mark.parametrize("phase", ["dense", "pruned", "shared"])
 def test_stages_of_each_phase_are_kept_apart(phase: str, tmp_path: Path) -> None:
-    store = StageStore(tmp_path)
-    with store.claim(phase, "same-key") as found:
+    store = StageStore(tmp_path / "store")
+    key = key_of({"phase": phase, "name": "same"})
+    with store.claim(phase, key) as found:
         assert found is None
         (tmp_path / "model.dcz").write_bytes(phase.encode())
-        store.publish(phase, "same-key", tmp_path, StageRecord(phase, "same-key", 0.1, 0.2, 1.0))
+        store.publish(phase, key, tmp_path, StageRecord(phase, key, 0.1, 0.2, 1.0, inputs={"phase": phase,
+                                                                                          "name": "same"}))
     for other in {"dense", "pruned", "shared"} - {phase}:
-        assert not store.done(other, "same-key")
-    with store.claim(phase, "same-key") as found:
-        assert found is not None and (found / "model.dcz").read_bytes() == phase.encode()
+        assert not store.done(other, key)
+    with store.claim(phase, key) as found:
+        assert found is not None and (found.folder / "model.dcz").read_bytes() == phase.encode()
+
+
+def _publish(store: StageStore, record: StageRecord, work: Path, content: bytes) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "model.dcz").write_bytes(content)
+    store.publish(record.phase, record.key, work, record)
+
+
+def _rewrite_record(folder: Path, **changes: object) -> None:
+    """Edit stage.json as a forger would who also recomputes its digest."""
+    import hashlib
+
+    data = json.loads((folder / "stage.json").read_text())
+    data.update(changes)
+    body = {k: v for k, v in data.items() if k != "digest"}
+    data["digest"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    (folder / "stage.json").write_text(json.dumps(data))
+
+
+DAMAGES = {
+    "model replaced": (lambda f, o: (f / "model.dcz").write_bytes(b"X" * 14), "is not the file its record names"),
+    "model cut short": (lambda f, o: (f / "model.dcz").write_bytes(b"pruned"), "record says 14 bytes"),
+    "model missing": (lambda f, o: (f / "model.dcz").unlink(), "model.dcz is missing"),
+    "model swapped": (lambda f, o: (f / "model.dcz").write_bytes((o / "model.dcz").read_bytes()),
+                      "is not the file its record names"),
+    "record edited": (lambda f, o: (f / "stage.json").write_text(
+        (f / "stage.json").read_text().replace('"accuracy": 0.5', '"accuracy": 0.99')), "changed after it was written"),
+    "record unparseable": (lambda f, o: (f / "stage.json").write_text('{"phase": '), "does not parse"),
+    "record is another's": (lambda f, o: (f / "stage.json").write_bytes((o / "stage.json").read_bytes()),
+                            "is of key"),
+    "NaN accuracy": (lambda f, o: _rewrite_record(f, accuracy=float("nan")), "allowed: a fraction in [0, 1]"),
+    "negative seconds": (lambda f, o: _rewrite_record(f, seconds=-1), "allowed: a finite number >= 0"),
+    "a path for a name": (lambda f, o: _rewrite_record(f, files={"../model.dcz": {"sha256": "0" * 64, "bytes": 1}}),
+                          "plain names"),
+    "inputs not the key's": (lambda f, o: _rewrite_record(f, inputs={"phase": "pruned", "name": "other"}),
+                             "inputs do not make its key"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_stage_is_set_aside_and_computed_again(damage: str, tmp_path: Path, caplog) -> None:
+    """Whatever was done to a stored stage's files, it is not reused: it is moved aside whole
+    (never deleted), the reason is logged and kept, and the next claim computes it."""
+    store = StageStore(tmp_path / "store")
+    record, other = made("pruned", "mine"), made("pruned", "other", 0.9)
+    _publish(store, record, tmp_path / "w1", b"pruned weights")
+    _publish(store, other, tmp_path / "w2", b"other weights!")
+    folder = tmp_path / "store" / "stages" / "pruned" / record.key
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    harm, reason = DAMAGES[damage]
+    harm(folder, tmp_path / "store" / "stages" / "pruned" / other.key)
+    damaged = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with store.claim("pruned", record.key) as found:
+        assert found is None  # this process computes it
+        assert reason in (store.recomputed("pruned", record.key) or "")
+        (aside,) = (tmp_path / "store" / "stages" / "pruned").glob(f"{record.key}.damaged-*")
+        assert {p.name: p.read_bytes() for p in aside.iterdir()} == damaged  # kept as found
+        assert not store.done("pruned", record.key)
+        _publish(store, record, tmp_path / "w3", b"pruned weights")
+    assert reason in caplog.text and "moved aside" in caplog.text
+    with store.claim("pruned", record.key) as found:
+        assert found is not None and (found.folder / "model.dcz").read_bytes() == before["model.dcz"]
+    with store.claim("pruned", other.key) as found:  # the other stage untouched
+        assert found is not None and found.record.accuracy == 0.9
+
+
+def test_an_object_stores_damaged_stage_is_set_aside(s3_env: dict[str, str], tmp_path: Path) -> None:
+    storage = Storage(f"s3://dcsweep-test/damaged-{time.time_ns()}")
+    store, record = StageStore(storage), made("shared", "s3")
+    _publish(store, record, tmp_path, b"shared weights")
+    storage.write_bytes(b"shared weightZ", "stages", "shared", record.key, "model.dcz")
+    with store.claim("shared", record.key) as found:
+        assert found is None and "is not the file its record names" in store.recomputed("shared", record.key)
+    (aside,) = [f for f in storage.folders("stages", "shared") if f.startswith(f"{record.key}.damaged-")]
+    assert storage.read_bytes("stages", "shared", aside, "model.dcz") == b"shared weightZ"
+    assert not store.done("shared", record.key)
+
+
+def test_a_damaged_stage_four_wait_for_is_computed_once(tmp_path: Path) -> None:
+    store = StageStore(tmp_path / "store")
+    _publish(store, made("pruned", "k"), tmp_path / "w", b"weights by nobody")
+    (tmp_path / "store" / "stages" / "pruned" / K / "model.dcz").write_bytes(b"tampered")
+    count = tmp_path / "computed.txt"
+    procs = [_claimant(tmp_path / "store", count, 2.0, str(i)) for i in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    (computer,) = count.read_text().split()
+    assert {out.split("got ", 1)[1].strip() for out, _ in outs} == {f"weights by {computer}"}
+    assert len(list((tmp_path / "store" / "stages" / "pruned").glob(f"{K}.damaged-*"))) == 1
