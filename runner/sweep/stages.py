@@ -10,6 +10,10 @@ and on an object store), computes it and publishes it; the others wait for ``sta
 appear. A holder that dies leaves a lease that is provably gone (its pid, on its own host; no
 renewal for 90 s, from another), and the next waiter takes the stage over.
 
+Nothing stored is trusted: a reuse checks the record (``read_record``) and each file's size
+and sha256 while copying it to a private folder, and a stage that fails is moved aside to
+``<key>.damaged-<UTC time>/`` (never deleted) and computed again under its lease, once.
+
 The dense model is a stage like the others: the first trial to need it trains it while the
 others wait, their workers already started (a sweep never holds a slot back for it). A sweep
 with ``share_stages: false`` shares only that one (``phases=("dense",)``); every trial then
