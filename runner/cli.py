@@ -516,13 +516,39 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_ui(args: argparse.Namespace) -> NoReturn:
+    """MLflow's UI on 127.0.0.1: the port checked free first, the URL printed once the server
+    answers (never for a server that did not start), MLflow's exit code passed on."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
     uri = _tracking_uri(args)
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port={args.port} is not allowed; it must be in [1, 65535]")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError as exc:
+            raise UsageError(f"--port={args.port} is taken on 127.0.0.1 ({exc.strerror}): another `dcsweep ui` or "
+                             f"MLflow server may hold it (`ss -ltnp 'sport = :{args.port}'` names it); "
+                             f"pass another --port") from None
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(args.port)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)", file=sys.stderr)
-    os.execv(sys.executable, command)  # replaces this process: Ctrl-C reaches MLflow directly
+    url = f"http://127.0.0.1:{args.port}"
+    server = subprocess.Popen(command)
+    try:
+        while server.poll() is None:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2):
+                print(f"MLflow UI on {url} (Ctrl-C stops it)", file=sys.stderr)
+                break
+            time.sleep(0.5)
+        code = server.wait()
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached MLflow too: let it stop
+        code = server.wait()
+    if code not in (0, -2, 130):
+        print(f"dcsweep: the MLflow UI ended with exit code {code}", file=sys.stderr)
+    sys.exit(code if code >= 0 else 128 - code)
 
 
 def _existing(file: str) -> Path:

@@ -17,6 +17,9 @@ def _print_sweeps(result: dict[str, Any]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for s in result["sweeps"]:
+        if s.get("damage"):
+            print(f"{s['name']}: damaged: {s['damage']}")
 
 
 def _print_status(s: dict[str, Any]) -> None:

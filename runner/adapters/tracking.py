@@ -55,6 +55,9 @@ class SweepTracker:
             raise ConfigError(f"the tracking store already has an experiment named {name!r} (id {exp.experiment_id}, "
                               f"{exp.lifecycle_stage}); a new sweep needs its own: give another --name, or "
                               f"`dcsweep resume {name}` with the storage that sweep ran in")
+        if new and self._registered(name):  # its versions and `best` alias would be taken over
+            raise ConfigError(f"the tracking store already has a registered model named {name!r}, not made by this "
+                              f"sweep; a new sweep registers its front under its own name: give another --name")
         if exp is None:
             location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None  # a URI
             self.experiment_id = self.client.create_experiment(name, artifact_location=location)
@@ -95,6 +98,15 @@ class SweepTracker:
         """The experiment's description in the UI (its note): the space's."""
         if text.strip():
             self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", text.strip())
+
+    def _registered(self, name: str) -> bool:
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
 
     def _search(self, query: str) -> list[Run]:
         return list(search_all(self.client, self.experiment_id, query))

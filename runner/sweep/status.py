@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from dcsweep.runner.cycle.config import ConfigError
 from dcsweep.runner.cycle.pareto import label, pareto_mask
 
 from .lease import Lease
@@ -41,6 +42,7 @@ class SweepStatus:
     total: int
     trials: list[TrialState] = field(default_factory=list)
     driver: str | None = None  # who runs it, while it runs
+    damage: str | None = None  # why its files cannot be read (state "damaged")
 
     @property
     def finished(self) -> list[TrialState]:
@@ -63,6 +65,8 @@ class SweepStatus:
             "trials_failed": sum(t.failed for t in self.trials),
             "trials_running": sum(t.phase != "final" and not t.failed for t in self.trials),
             "front_size": len(self.front()), "driver": self.driver}
+        if self.damage is not None:
+            out["damage"] = self.damage
         if trials:
             out["front"] = [{"label": t.label, "val_accuracy": t.val_accuracy, "compressed_bytes": t.compressed_bytes}
                             for t in self.front()]
@@ -71,9 +75,17 @@ class SweepStatus:
 
 
 def list_sweeps(storage: Storage) -> list[SweepStatus]:
-    """Every sweep in ``storage``, oldest first."""
+    """Every sweep in ``storage``, oldest first; one whose files cannot be read is listed as
+    ``damaged``, with the reason, and hides none of the others."""
     names = [n for n in storage.folders("sweeps") if storage.exists("sweeps", n, SWEEP_FILE)]
-    return sorted((sweep_status(storage, n) for n in names), key=lambda s: (s.created, s.name))
+    return sorted((_listed(storage, n) for n in names), key=lambda s: (s.created, s.name))
+
+
+def _listed(storage: Storage, name: str) -> SweepStatus:
+    try:
+        return sweep_status(storage, name)
+    except ConfigError as exc:
+        return SweepStatus(name, "?", "damaged", "", 0, damage=str(exc))
 
 
 def sweep_status(storage: Storage, name: str) -> SweepStatus:

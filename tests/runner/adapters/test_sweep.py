@@ -303,6 +303,22 @@ def test_ui_serves_the_store_on_loopback(swept) -> None:
 
 
 @pytest.mark.slow
+def test_ui_on_a_taken_port_is_refused_and_starts_nothing(swept, capsys) -> None:
+    """It printed its URL and exited 0 while MLflow failed to bind: the browser then reached
+    whatever held the port."""
+    import socket
+
+    _, folder, _ = swept
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["ui", "--storage", str(folder / "store"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port={port} is taken on 127.0.0.1" in err and "http://" not in err
+
+
+@pytest.mark.slow
 def test_sweep_against_a_tracking_server(ray_local, mlflow_server, tmp_path: Path, capsys) -> None:
     url, artifacts = mlflow_server
     (tmp_path / "two.yaml").write_text(SPACE.replace("[0.5, 0.9, 0.97]", "[0.9]"))

@@ -256,6 +256,19 @@ def test_a_new_sweep_does_not_take_over_an_experiment_of_its_name(tmp_path: Path
     assert SweepTracker(uri, "taken", artifacts).parent_id == first.parent_id  # a resume reopens it
 
 
+def test_a_new_sweep_does_not_take_over_a_registered_model_of_its_name(tmp_path: Path) -> None:
+    """A registered model made by hand (or another tool) under the sweep's name got the
+    sweep's versions and its `best` alias moved. A new sweep is refused before anything is made."""
+    uri, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri()
+    client = MlflowClient(uri)
+    client.create_registered_model("owned", description="someone else's")
+    with pytest.raises(ConfigError, match=r"already has a registered model named 'owned', not made by this sweep"):
+        SweepTracker(uri, "owned", artifacts, new=True)
+    assert client.get_experiment_by_name("owned") is None  # nothing made
+    assert client.search_model_versions("name = 'owned'") == []
+    assert client.get_registered_model("owned").description == "someone else's"
+
+
 def test_a_trial_finished_by_a_new_driver_gets_every_step_its_reports_had(tmp_path: Path) -> None:
     """Steps held back when a driver died (or reports it never saw) are rebuilt at the trial's
     end from its result: the same numbers at the same steps as the live reports logged."""

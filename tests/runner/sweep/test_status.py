@@ -57,3 +57,22 @@ def test_a_trial_counts_as_failed_only_once_tune_gives_up_on_it(tmp_path: Path) 
 def test_a_status_of_a_sweep_that_is_not_there_names_the_ones_that_are(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no sweep named 'x' in .*; sweeps there: \[\]"):
         sweep_status(Storage(tmp_path), "x")
+
+
+@pytest.mark.parametrize("content", ["{not json", "{}", "[]"])
+def test_a_damaged_sweep_is_listed_as_damaged_beside_the_healthy_ones(content: str, tmp_path: Path, capsys) -> None:
+    from dcsweep.runner.cli import main
+
+    (tmp_path / "four.yaml").write_text(SPACE)
+    storage = Storage(tmp_path / "store")
+    for name in ("a", "b", "c"):
+        write_sweep_files(Sweep(name, load_space(tmp_path / "four.yaml"), storage, "sqlite:////tmp/x.db"))
+    (tmp_path / "store" / "sweeps" / "b" / "sweep.json").write_text(content)
+    assert main(["list", "--storage", str(tmp_path / "store"), "--json"]) == 0
+    sweeps = {s["name"]: s for s in json.loads(capsys.readouterr().out)["sweeps"]}
+    assert set(sweeps) == {"a", "b", "c"} and sweeps["a"]["state"] == sweeps["c"]["state"] == "stopped"
+    assert sweeps["b"]["state"] == "damaged" and "sweep.json is unreadable" in sweeps["b"]["damage"]
+    assert main(["list", "--storage", str(tmp_path / "store")]) == 0
+    assert "b: damaged: " in capsys.readouterr().out
+    assert main(["status", "b", "--storage", str(tmp_path / "store")]) == 2  # says what is wrong
+    assert "sweep.json is unreadable" in capsys.readouterr().err
