@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dcsweep")
 
 INTERRUPTED = 130  # a sweep stopped by Ctrl-C: the shell's code for SIGINT
+STAGE_PHASES = ("dense", "pruned", "shared", "sensitivity")  # cycle.stages.PHASES_KEPT, without importing torch
 
 #: The library's INITS and CODERS, for the help text (a test keeps them equal): importing the
 #: library imports torch, which `--help` and a usage error must not wait for.
@@ -199,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p = sub.add_parser("status", help="one sweep's progress, while it runs too: trials, driver, the front so far")
     p.add_argument("name", help="the sweep's name, as `dcsweep list` shows it")
+    p.add_argument("--storage", help="sweep storage: a folder or an s3:// or gs:// URI (default $DCSWEEP_STORAGE "
+                   "or ~/dcsweep-runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p = sub.add_parser("stages", help="the stage store: `list` what is in it, `verify` that every stage checks out")
+    p.add_argument("action", choices=("list", "verify"), help="list: each stage with its settings, bytes and state; "
+                   "verify: read every stage as a reuse would, exit 1 if any fails")
+    p.add_argument("--phase", choices=STAGE_PHASES, help="only this phase's stages (list)")
     p.add_argument("--storage", help="sweep storage: a folder or an s3:// or gs:// URI (default $DCSWEEP_STORAGE "
                    "or ~/dcsweep-runs)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -515,6 +523,17 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
     return status
 
 
+def cmd_stages(args: argparse.Namespace) -> dict[str, Any]:
+    from .sweep.stages import StageStore, list_stages, verify_stages
+
+    storage = _storage(args)
+    store = StageStore(storage)
+    if args.action == "list":
+        return {"storage": str(storage), "stages": list_stages(store, args.phase)}
+    checked = verify_stages(store)
+    return {"storage": str(storage), "checked": len(checked), "failed": [c for c in checked if not c["ok"]]}
+
+
 def cmd_ui(args: argparse.Namespace) -> NoReturn:
     """MLflow's UI on 127.0.0.1: the port checked free first, the URL printed once the server
     answers (never for a server that did not start), MLflow's exit code passed on."""
@@ -562,7 +581,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "compress": cmd_compress, "sensitivity": cmd_sensitivity, "inspect": cmd_inspect, "evaluate": cmd_evaluate,
     "run": cmd_run,
     "resume": cmd_resume, "submit": cmd_submit, "pareto": cmd_pareto, "list": cmd_list, "status": cmd_status,
-    "ui": cmd_ui}
+    "stages": cmd_stages, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -601,6 +620,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dcsweep: interrupted: {result['trials_ended']} of {result['trials_total']} trials ended; "
               f"continue with: {result['resume']}", file=sys.stderr)
         return INTERRUPTED
+    if args.command == "stages" and result.get("failed"):
+        for failed in result["failed"]:
+            print(f"dcsweep: stage {failed['phase']}/{failed['key']} fails its check: {failed['problem']}",
+                  file=sys.stderr)
+        return 1
     if args.command in ("run", "resume") and result.get("errors") and not result.get("trials"):
         # not one trial finished: a failure, with the first trial's own cause as its last line
         print(f"dcsweep: failed: all {len(result['errors'])} failed trials, none finished; the first: "

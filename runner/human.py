@@ -38,9 +38,28 @@ def _print_status(s: dict[str, Any]) -> None:
         print(f"  continue with: {s['resume']}")
 
 
+def _print_stages(result: dict[str, Any]) -> None:
+    """`dcsweep stages list` as a table; `stages verify` as a count (failures go to stderr)."""
+    if "checked" in result:
+        print(f"{result['checked'] - len(result['failed'])} of {result['checked']} stages in {result['storage']} "
+              "check out")
+        return
+    if not result["stages"]:
+        print(f"no stages in {result['storage']}")
+        return
+    for s in result["stages"]:
+        state = "damaged (set aside)" if s["damaged"] else "computing" if s["computing"] else s.get("problem") or "ok"
+        what = " ".join(f"{k}={v}" for k, v in (s.get("settings") or {}).items() if v is not None)
+        size = f"{s['bytes']:,} B" if "bytes" in s else "-"
+        print(f"{s['phase']:<11} {s['key'][:12]}  {s.get('model') or '-'} {s.get('dataset') or '-'} {what}  "
+              f"{size}  {s.get('created') or '-'}  {state}")
+
+
 def print_human(command: str, result: dict[str, Any]) -> None:
     if command == "list":
         _print_sweeps(result)
+    elif command == "stages":
+        _print_stages(result)
     elif command == "status":
         _print_status(result)
     elif command == "compress":

@@ -33,9 +33,11 @@ import tempfile
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 from dcsweep.runner.cycle.stages import (
     MAX_RECORD_BYTES,
+    PHASES_KEPT,
     STAGE_FILE,
     Found,
     StageDamaged,
@@ -216,3 +218,51 @@ def _copy_checked(storage: Storage, parts: tuple[str, ...], sha256: str, size: i
     if digest.hexdigest() != sha256:
         raise StageDamaged(f"{name} is not the file its record names (sha256 {digest.hexdigest()[:12]}..., "
                            f"recorded {sha256[:12]}...)")
+
+
+# -- the store as people manage it (`dcsweep stages`) -----------------------------------------
+
+def list_stages(store: StageStore, phase: str | None = None) -> list[dict[str, Any]]:
+    """Every stage folder of the store (of ``phase``), as `dcsweep stages list` shows it: its
+    phase, key, model and data set, the settings that set it apart, bytes, when it was made,
+    whether it is being computed now (a live lease), and damaged folders set aside. Records
+    are read, not verified (``stages verify`` reads every file)."""
+    rows = []
+    for each in [phase] if phase else PHASES_KEPT:
+        for name in store.storage.folders(ROOT, each):
+            rows.append(_row(store, each, name))
+    return rows
+
+
+def _row(store: StageStore, phase: str, name: str) -> dict[str, Any]:
+    key, _, when = name.partition(DAMAGED)
+    where = (ROOT, phase, name)
+    row: dict[str, Any] = {"phase": phase, "key": key, "folder": store.storage.uri(*where), "damaged": bool(when),
+                           "computing": bool(not when and Lease(store.storage, key, (*where, "leases")).others())}
+    try:
+        record, files = read_record(store.storage.read_bytes(*where, STAGE_FILE), phase, key)
+    except (OSError, StageDamaged) as exc:
+        row["problem"] = str(exc) if isinstance(exc, StageDamaged) else f"{STAGE_FILE} unreadable"
+        return row
+    row.update(model=record.about.get("model"), dataset=record.about.get("dataset"),
+               data_path=record.about.get("data_path"), settings=record.about.get("settings", {}),
+               accuracy=record.accuracy, val_accuracy=record.val_accuracy, seconds=record.seconds,
+               bytes=sum(size for _, size in files.values()),
+               created=json.loads(store.storage.read_bytes(*where, STAGE_FILE)).get("created"))
+    return row
+
+
+def verify_stages(store: StageStore) -> list[dict[str, Any]]:
+    """Each stage checked as its reuse would check it (damaged folders set aside are skipped):
+    ``{"phase", "key", "ok", "problem"}``."""
+    out = []
+    for phase in PHASES_KEPT:
+        for name in store.storage.folders(ROOT, phase):
+            if DAMAGED in name or not store.storage.exists(ROOT, phase, name, STAGE_FILE):
+                continue  # set aside, or being computed (no record yet)
+            try:
+                store.verify(phase, name)
+                out.append({"phase": phase, "key": name, "ok": True, "problem": None})
+            except StageDamaged as exc:
+                out.append({"phase": phase, "key": name, "ok": False, "problem": str(exc)})
+    return out

@@ -217,3 +217,41 @@ def test_a_damaged_stage_four_wait_for_is_computed_once(tmp_path: Path) -> None:
     (computer,) = count.read_text().split()
     assert {out.split("got ", 1)[1].strip() for out, _ in outs} == {f"weights by {computer}"}
     assert len(list((tmp_path / "store" / "stages" / "pruned").glob(f"{K}.damaged-*"))) == 1
+
+
+def test_stages_list_and_verify_show_the_store(tmp_path: Path, capsys) -> None:
+    """`dcsweep stages list` shows live, damaged and leased stages; `verify` checks each as a
+    reuse would and exits 1 naming the one that fails, changing nothing."""
+    from dcsweep.runner.cli import STAGE_PHASES, main
+    from dcsweep.runner.cycle.stages import PHASES_KEPT
+    from dcsweep.runner.sweep.lease import Lease
+
+    assert STAGE_PHASES == PHASES_KEPT
+    root = tmp_path / "store"
+    store = StageStore(root)
+    good, bad, aside = made("pruned", "good"), made("shared", "bad"), made("pruned", "aside")
+    for n, record in enumerate((good, bad, aside)):
+        _publish(store, record, tmp_path / f"w{n}", b"weights " + str(n).encode())
+    (root / "stages" / "pruned" / aside.key / "model.dcz").write_bytes(b"changed!!")
+    with store.claim("pruned", aside.key):  # set aside, then not computed: a damaged folder is left
+        pass
+    computing = made("dense", "now")
+    lease = Lease(store.storage, computing.key, ("stages", "dense", computing.key, "leases"), what="dense stage")
+    assert lease.try_acquire() is None
+    try:
+        (root / "stages" / "shared" / bad.key / "model.dcz").write_bytes(b"weights X")
+        assert main(["stages", "list", "--storage", str(root), "--json"]) == 0
+        rows = {(r["phase"], r["key"], r["damaged"]): r for r in json.loads(capsys.readouterr().out)["stages"]}
+        assert rows[("pruned", good.key, False)]["bytes"] == 9 and rows[("pruned", good.key, False)]["accuracy"] == 0.5
+        assert rows[("pruned", aside.key, True)]["damaged"]
+        assert rows[("dense", computing.key, False)]["computing"] is True
+        assert main(["stages", "verify", "--storage", str(root), "--json"]) == 1
+        captured = capsys.readouterr()
+        out = json.loads(captured.out)
+        assert out["checked"] == 2 and [f["key"] for f in out["failed"]] == [bad.key]
+        assert f"stage shared/{bad.key} fails its check: model.dcz is not the file" in captured.err
+        assert store.done("shared", bad.key)  # verify only reports
+        assert main(["stages", "list", "--phase", "pruned", "--storage", str(root)]) == 0
+        assert "damaged (set aside)" in capsys.readouterr().out
+    finally:
+        lease.release()
