@@ -203,9 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="sweep storage: a folder or an s3:// or gs:// URI (default $DCSWEEP_STORAGE "
                    "or ~/dcsweep-runs)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p = sub.add_parser("stages", help="the stage store: `list` what is in it, `verify` that every stage checks out")
-    p.add_argument("action", choices=("list", "verify"), help="list: each stage with its settings, bytes and state; "
-                   "verify: read every stage as a reuse would, exit 1 if any fails")
+    p = sub.add_parser("stages", help="the stage store: `list` what is in it, `verify` that every stage checks out, "
+                       "`gc` what no sweep used in --unused-days")
+    p.add_argument("action", choices=("list", "verify", "gc"), help="list: each stage with its settings, bytes and "
+                   "state; verify: read every stage as a reuse would, exit 1 if any fails; gc: list (and with --yes "
+                   "remove) damaged folders and stages unused for --unused-days")
+    p.add_argument("--unused-days", dest="unused_days", type=float, help="gc: stages no sweep reused or made in "
+                   "this many days")
+    p.add_argument("--yes", action="store_true", help="gc: remove what it lists (without it, nothing is removed)")
     p.add_argument("--phase", choices=STAGE_PHASES, help="only this phase's stages (list)")
     p.add_argument("--storage", help="sweep storage: a folder or an s3:// or gs:// URI (default $DCSWEEP_STORAGE "
                    "or ~/dcsweep-runs)")
@@ -524,12 +529,24 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_stages(args: argparse.Namespace) -> dict[str, Any]:
-    from .sweep.stages import StageStore, list_stages, verify_stages
+    from .sweep.stages import StageStore, list_stages, remove_stage, unused_stages, verify_stages
+    from .sweep.status import list_sweeps
 
     storage = _storage(args)
     store = StageStore(storage)
     if args.action == "list":
         return {"storage": str(storage), "stages": list_stages(store, args.phase)}
+    if args.action == "gc":
+        if args.unused_days is None or not args.unused_days >= 0:
+            raise UsageError(f"stages gc needs --unused-days N with N >= 0; got {args.unused_days}")
+        running = [s.name for s in list_sweeps(storage) if s.state == "running"]
+        if args.yes and running:  # their trials may need any stage next
+            raise UsageError(f"stages gc --yes removes nothing while sweeps run in {storage}: {running}; "
+                             "run it once they end")
+        found = unused_stages(store, args.unused_days)
+        for row in found if args.yes else []:
+            remove_stage(store, row)
+        return {"storage": str(storage), "removed": args.yes, "stages": found}
     checked = verify_stages(store)
     return {"storage": str(storage), "checked": len(checked), "failed": [c for c in checked if not c["ok"]]}
 

@@ -44,8 +44,12 @@ def _print_stages(result: dict[str, Any]) -> None:
         print(f"{result['checked'] - len(result['failed'])} of {result['checked']} stages in {result['storage']} "
               "check out")
         return
+    if "removed" in result:
+        verb = "removed" if result["removed"] else "would remove (pass --yes to remove)"
+        print(f"{verb} {len(result['stages'])} stage folder(s) in {result['storage']}")
     if not result["stages"]:
-        print(f"no stages in {result['storage']}")
+        if "removed" not in result:
+            print(f"no stages in {result['storage']}")
         return
     for s in result["stages"]:
         state = "damaged (set aside)" if s["damaged"] else "computing" if s["computing"] else s.get("problem") or "ok"

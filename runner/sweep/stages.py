@@ -54,6 +54,7 @@ ROOT = "stages"
 POLL_S = (0.2, 1.0)  # a waiter looks again after a random pause in this range
 DAMAGED = ".damaged-"  # a damaged stage set aside: <key>.damaged-<UTC time>/
 CHUNK = 1 << 22  # bytes read at a time while a stored file is hashed
+LAST_USED = "last-used"  # beside stage.json: when a sweep last reused the stage
 
 
 class StageStore:
@@ -122,8 +123,7 @@ class StageStore:
             data = (folder / name).read_bytes()
             files[name] = (hashlib.sha256(data).hexdigest(), len(data))
             self.storage.write_bytes(data, *where, name)
-        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        self.storage.write_text(json.dumps(record_json(record, files, created), indent=1), *where, STAGE_FILE)
+        self.storage.write_text(json.dumps(record_json(record, files, _now()), indent=1), *where, STAGE_FILE)
 
     # -- checking what is stored ----------------------------------------------------------
     def verify(self, phase: str, key: str) -> StageRecord:
@@ -185,7 +185,11 @@ class StageStore:
     def _used(self, phase: str, key: str, found: Found) -> Iterator[None]:
         """The block that uses a verified stage; its private copy is removed afterwards. A
         verified file that still does not load (StageDamaged from the block) sets the stage
-        aside, under its lease when that is free, so the next to need it computes it."""
+        aside, under its lease when that is free, so the next to need it computes it. The
+        reuse is noted in the stage's ``last-used`` file (no lease: the last writer's time is
+        as good as any), which `dcsweep stages gc` reads."""
+        with contextlib.suppress(OSError):  # a read-only storage still serves its stages
+            self.storage.write_text(_now(), *self.folder(phase, key), LAST_USED)
         try:
             yield
         except StageDamaged as exc:
@@ -198,6 +202,10 @@ class StageStore:
             raise
         finally:
             shutil.rmtree(found.folder, ignore_errors=True)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _copy_checked(storage: Storage, parts: tuple[str, ...], sha256: str, size: int, target: Path | None) -> None:
@@ -249,7 +257,32 @@ def _row(store: StageStore, phase: str, name: str) -> dict[str, Any]:
                accuracy=record.accuracy, val_accuracy=record.val_accuracy, seconds=record.seconds,
                bytes=sum(size for _, size in files.values()),
                created=json.loads(store.storage.read_bytes(*where, STAGE_FILE)).get("created"))
+    with contextlib.suppress(OSError):
+        row["last_used"] = store.storage.read_text(*where, LAST_USED).strip()[:40]
     return row
+
+
+def unused_stages(store: StageStore, days: float, now: datetime.datetime | None = None) -> list[dict[str, Any]]:
+    """What `dcsweep stages gc --unused-days N` removes: every damaged folder set aside, and
+    every stage neither reused nor made in ``days`` days; never one under a live lease."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    out = []
+    for row in list_stages(store):
+        if row["computing"]:
+            continue
+        when = row.get("last_used") or row.get("created")
+        try:
+            age = (now - datetime.datetime.fromisoformat(when)).total_seconds() / 86400 if when else None
+        except (TypeError, ValueError):
+            age = None
+        if row["damaged"] or (age is not None and age >= days):  # a record of no known age is kept
+            out.append(row)
+    return out
+
+
+def remove_stage(store: StageStore, row: dict[str, Any]) -> None:
+    name = row["key"] if not row["damaged"] else row["folder"].rsplit("/", 1)[1]
+    store.storage.remove_tree(ROOT, row["phase"], name)
 
 
 def verify_stages(store: StageStore) -> list[dict[str, Any]]:

@@ -135,6 +135,13 @@ class Storage:
         else:
             self.fs.delete_file(self._remote(*parts))
 
+    def remove_tree(self, *parts: str) -> None:
+        """Delete a folder and everything under it."""
+        if self.local is not None:
+            shutil.rmtree(self.local.joinpath(*parts))
+        else:
+            self.fs.delete_dir(self._remote(*parts))
+
     def folders(self, *parts: str) -> list[str]:
         """Names of the folders directly under ``parts`` (none if it does not exist)."""
         return self._entries(parts, folders=True)

@@ -255,3 +255,46 @@ def test_stages_list_and_verify_show_the_store(tmp_path: Path, capsys) -> None:
         assert "damaged (set aside)" in capsys.readouterr().out
     finally:
         lease.release()
+
+
+def test_stages_gc_lists_and_removes_only_with_yes(tmp_path: Path, capsys) -> None:
+    """Damaged folders and stages unused for N days are listed; nothing is removed without
+    --yes; a reused stage is recent again; a leased one is never touched."""
+    import datetime
+
+    from dcsweep.runner.cli import main
+    from dcsweep.runner.sweep.lease import Lease
+
+    root = tmp_path / "store"
+    store = StageStore(root)
+    old, recent, aside = made("pruned", "old"), made("pruned", "recent"), made("shared", "aside")
+    for n, record in enumerate((old, recent, aside)):
+        _publish(store, record, tmp_path / f"w{n}", b"weights")
+    (root / "stages" / "shared" / aside.key / "model.dcz").write_bytes(b"changed")
+    with store.claim("shared", aside.key):
+        pass
+    ten_days_ago = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=10)).isoformat()
+    for record in (old, recent):
+        _rewrite_record(root / "stages" / "pruned" / record.key, created=ten_days_ago)
+    with store.claim("pruned", recent.key) as found:  # reused now
+        assert found is not None
+    leased = made("dense", "leased")
+    _publish(store, leased, tmp_path / "w9", b"weights")
+    _rewrite_record(root / "stages" / "dense" / leased.key, created=ten_days_ago)
+    lease = Lease(store.storage, leased.key, ("stages", "dense", leased.key, "leases"), what="dense stage")
+    assert lease.try_acquire() is None
+    try:
+        before = sorted(p.relative_to(root) for p in root.rglob("*"))
+        assert main(["stages", "gc", "--unused-days", "7", "--storage", str(root), "--json"]) == 0
+        listed = {(r["phase"], r["key"]) for r in json.loads(capsys.readouterr().out)["stages"]}
+        assert listed == {("pruned", old.key), ("shared", aside.key)}
+        assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing removed
+        assert main(["stages", "gc", "--unused-days", "7", "--yes", "--storage", str(root)]) == 0
+        assert "removed 2 stage folder(s)" in capsys.readouterr().out
+        assert not (root / "stages" / "pruned" / old.key).exists() and store.done("pruned", recent.key)
+        assert [p.name for p in (root / "stages" / "shared").iterdir()] == [aside.key]  # its leases folder only
+        assert store.done("dense", leased.key)
+    finally:
+        lease.release()
+    assert main(["stages", "gc", "--storage", str(root)]) == 2
+    assert "needs --unused-days N" in capsys.readouterr().err
