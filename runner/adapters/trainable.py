@@ -74,7 +74,7 @@ def trial(config: dict[str, Any], swept: tuple[str, ...] = (), stages: str | Non
         try:
             result = run_cycle(config, output=out / MODEL_FILE, callbacks=_TuneReporter(config), resume_from=resume,
                                plots=out / PLOTS_DIR, workdir=work, device=trial_device(config, ray.get_gpu_ids()),
-                               stages=StageStore(stages, shared) if stages is not None else None)
+                               stages=StageStore(stages, shared, work) if stages is not None else None)
         except DivergedError as exc:
             # deterministic: a retry would diverge again. The trial ends here with the reason.
             _report(Report.diverged(str(exc)))

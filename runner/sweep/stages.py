@@ -60,9 +60,13 @@ LAST_USED = "last-used"  # beside stage.json: when a sweep last reused the stage
 class StageStore:
     """The :class:`dcsweep.runner.cycle.stages.Stages` of a sweep storage."""
 
-    def __init__(self, storage: Storage | str, phases: Collection[str] | None = None) -> None:
+    def __init__(self, storage: Storage | str, phases: Collection[str] | None = None,
+                 workdir: Path | None = None) -> None:
         """``phases``: the phases whose stages are shared (default: all); the others are
-        computed by every cycle and never kept."""
+        computed by every cycle and never kept. ``workdir``: where the verified copies of
+        stages go (a trial's own folder, removed even when its worker is killed; default the
+        system's temporary folder)."""
+        self.workdir = workdir
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
         self.phases = None if phases is None else frozenset(phases)
         self._damage: dict[tuple[str, str], str] = {}  # (phase, key) -> why this process recomputed it
@@ -134,7 +138,7 @@ class StageStore:
 
     def _take(self, phase: str, key: str) -> tuple[Found | None, str | None]:
         """(the stage as a verified private copy, None), or (None, what is wrong with it)."""
-        tmp = Path(tempfile.mkdtemp(prefix="dcsweep-stage-"))
+        tmp = Path(tempfile.mkdtemp(prefix="dcsweep-stage-", dir=self.workdir))
         try:
             with self._verified(phase, key, tmp) as record:
                 return Found(tmp, record), None
