@@ -252,7 +252,8 @@ def _row(store: StageStore, phase: str, name: str) -> dict[str, Any]:
     row: dict[str, Any] = {"phase": phase, "key": key, "folder": store.storage.uri(*where), "damaged": bool(when),
                            "computing": bool(not when and Lease(store.storage, key, (*where, "leases")).others())}
     try:
-        record, files = read_record(store.storage.read_bytes(*where, STAGE_FILE), phase, key)
+        text = store.storage.read_bytes(*where, STAGE_FILE)
+        record, files = read_record(text, phase, key)
     except (OSError, StageDamaged) as exc:
         row["problem"] = str(exc) if isinstance(exc, StageDamaged) else f"{STAGE_FILE} unreadable"
         return row
@@ -260,7 +261,7 @@ def _row(store: StageStore, phase: str, name: str) -> dict[str, Any]:
                data_path=record.about.get("data_path"), settings=record.about.get("settings", {}),
                accuracy=record.accuracy, val_accuracy=record.val_accuracy, seconds=record.seconds,
                bytes=sum(size for _, size in files.values()),
-               created=json.loads(store.storage.read_bytes(*where, STAGE_FILE)).get("created"))
+               created=json.loads(text).get("created"))
     with contextlib.suppress(OSError):
         row["last_used"] = store.storage.read_text(*where, LAST_USED).strip()[:40]
     return row
