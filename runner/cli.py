@@ -661,10 +661,10 @@ def _error_kinds() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], 
     happened, since their modules import torch."""
     from dcsweep.compression import CompressedFileError
     from dcsweep.runner.cycle import ConfigError, DataError, DivergedError
-    from dcsweep.runner.sweep import StorageFull
+    from dcsweep.runner.sweep import StorageFault
     from dcsweep.runner.sweep.lease import LeaseLost
 
-    return (ConfigError, DataError, CompressedFileError), (DivergedError, StorageFull, LeaseLost)
+    return (ConfigError, DataError, CompressedFileError), (DivergedError, StorageFault, LeaseLost)
 
 
 def _last_line(text: str) -> str:

@@ -18,7 +18,7 @@ from dcsweep.runner.cycle.pareto import Front, label
 from dcsweep.runner.cycle.results import MODEL_FILE, PLOTS_DIR, RESULT_FILE
 from dcsweep.runner.sweep import lease
 from dcsweep.runner.sweep.lease import LeaseLost
-from dcsweep.runner.sweep.storage import StorageFull, is_full
+from dcsweep.runner.sweep.storage import StorageFull, StorageUnwritable, is_full, unwritable
 from dcsweep.search_spaces import SearchSpace
 
 from . import uploads
@@ -251,11 +251,17 @@ class ProgressCallback(tune.Callback):
 
 class StorageGuard(tune.Callback):
     """Stops the sweep when another driver took its lease over (see lease.py), and at the first
-    sign that the storage's device is full: a trial that failed
-    writing to it (its error reaches the driver as text in the trial's error file) or the
-    driver's own upload of Tune's state. Every trial would fail in turn otherwise, each after
-    its retries. Raised from a callback, StorageFull ends ``Tuner.fit`` with the experiment
-    state as last saved whole (see uploads.py), so the trials resume once space is freed."""
+    sign that the storage refuses writes (its device full, read-only, or denying this user): a
+    trial that failed writing to it (its error reaches the driver as text in the trial's error
+    file) or the driver's own upload of Tune's state. Every trial would fail in turn otherwise,
+    each after its retries, or Tune would end ``fit`` with the trials unended, as after a
+    Ctrl-C. Raised from a callback, the StorageFault ends ``Tuner.fit`` with the experiment
+    state as last saved whole (see uploads.py), so the trials resume once the storage takes
+    writes again. ``root`` is the storage's local path (None for an object store): a trial's
+    permission error counts only on a path under it."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._check(trial)
@@ -268,13 +274,19 @@ class StorageGuard(tune.Callback):
             raise LeaseLost(f"sweep {lease.LOST[-1]!r} was taken over by another driver while this one ran (its "
                             f"lease went unrenewed for {lease.STALE_S:g} s); this driver stops and leaves it to "
                             f"the other")
-        if uploads.FULL_WRITES:
-            raise StorageFull(f"writing {uploads.FULL_WRITES[-1]} failed: no space left on device")
+        if uploads.REFUSED_WRITES:
+            refused = uploads.REFUSED_WRITES[-1]
+            if is_full(refused):
+                raise StorageFull(f"writing {refused.filename} failed: no space left on device")
+            raise StorageUnwritable(unwritable(refused) or str(refused))
 
-    @staticmethod
-    def _check(trial: Any) -> None:
-        if is_full(last_failure(trial)[:20000]):  # the latest failure only
+    def _check(self, trial: Any) -> None:
+        failure = last_failure(trial)[:20000]  # the latest failure only
+        if is_full(failure):
             raise StorageFull(f"trial {trial.trial_id} failed writing to the storage: no space left on device")
+        refused = unwritable(failure, getattr(self, "root", None))  # one pickled by an older dcsweep has none
+        if refused:
+            raise StorageUnwritable(refused)
 
 
 def stage_totals(results: Any) -> tuple[int, int, float]:

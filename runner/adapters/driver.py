@@ -30,7 +30,14 @@ from dcsweep.runner.cycle.stages import stage_keys
 from dcsweep.runner.sweep import Sweep
 from dcsweep.runner.sweep.lease import LeaseLost
 from dcsweep.runner.sweep.spec import write_sweep_files
-from dcsweep.runner.sweep.storage import is_full, storage_full
+from dcsweep.runner.sweep.storage import (
+    StorageFault,
+    is_fault,
+    is_full,
+    storage_full,
+    storage_unwritable,
+    unwritable,
+)
 from dcsweep.search_spaces import SearchSpace
 
 from . import uploads
@@ -99,7 +106,7 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
     set_driver_defaults()
     keep_secrets_out_of_runtime_env()
     make_uploads_atomic()
-    uploads.FULL_WRITES.clear()
+    uploads.REFUSED_WRITES.clear()
     started_here = not ray.is_initialized()
     with ThreadPoolExecutor(2, thread_name_prefix="dcsweep") as pool:
         # Importing MLflow and creating a new store's tables take seconds: for a local sweep
@@ -159,8 +166,8 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
         if not sweep.resume:
             write_sweep_files(sweep)
         register_tracker(tracker)
-        callbacks = [StorageGuard(), MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space),
-                     JsonLoggerCallback()]
+        callbacks = [StorageGuard(sweep.storage.root if sweep.storage.local else None),
+                     MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space), JsonLoggerCallback()]
         # the dense model is a stage every trial shares (trained once, by the first trial to
         # need it); the other phases only when the space shares stages
         trainable = tune.with_parameters(trial, swept=tuple(d.name for d in sweep.space.swept),
@@ -171,10 +178,10 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
         if sweep.resume and tune.Tuner.can_restore(path):
             log.info("resuming sweep %s from %s", sweep.name, path)
             # the callbacks come back from Tune's pickled state and find this driver's tracker.
-            # A sweep a full storage stopped retries its failed trials too: a trial whose own
-            # checkpoint upload hit the full device ended in error, not for a fault of its own
+            # A sweep a full or unwritable storage stopped retries its failed trials too: a trial
+            # whose own checkpoint upload the storage refused ended in error, not for a fault of its own
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
-                                       resume_errored=is_full(tracker.stopped_by))
+                                       resume_errored=is_fault(tracker.stopped_by))
         else:
             tuner = tune.Tuner(trainable, param_space=param_space(sweep.space), tune_config=_tune_config(sweep.space),
                                run_config=tune.RunConfig(
@@ -200,13 +207,14 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
     except BaseException as exc:
         if isinstance(exc, LeaseLost):  # the driver that took the sweep over runs its MLflow runs now
             raise
-        if not (is_full(exc) or uploads.FULL_WRITES):
+        root = sweep.storage.root if sweep.storage.local else None
+        if not (is_fault(exc, root) or uploads.REFUSED_WRITES):
             with contextlib.suppress(Exception):  # a second Ctrl-C: stopped by its user, not failed
                 tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
-        raise _stopped_full(tracker, sweep) from exc
-    if uploads.FULL_WRITES:  # Tune's last save of its state did not fit: resume needs it
-        raise _stopped_full(tracker, sweep)
+        raise _stopped_by_storage(tracker, sweep, exc) from exc
+    if uploads.REFUSED_WRITES:  # Tune's last save of its state was refused: resume needs it
+        raise _stopped_by_storage(tracker, sweep, uploads.REFUSED_WRITES[-1])
     computed, reused, saved = stage_totals(results)
     return tracker, {"name": sweep.name, "storage": str(sweep.storage), "tracking_uri": sweep.tracking_uri,
                      "experiment_id": tracker.experiment_id, "parent_run_id": tracker.parent_id,
@@ -235,12 +243,18 @@ def _without_tunes_restore_hint() -> Iterator[None]:
         tune_log.removeFilter(hint)
 
 
-def _stopped_full(tracker: SweepTracker, sweep: Sweep) -> Exception:
-    """The error of a sweep its full storage stopped, with the runs marked FAILED for it."""
-    full = storage_full(sweep.storage, sweep.name)
-    with contextlib.suppress(Exception):  # MLflow's store may be on the full device too
-        tracker.finish("FAILED", children="FAILED", error=str(full))
-    return full
+def _stopped_by_storage(tracker: SweepTracker, sweep: Sweep, cause: BaseException) -> StorageFault:
+    """The error of a sweep its storage stopped (full, read-only, denied; the first of ``cause``
+    or the refused uploads that says which), with the runs MLflow still reaches marked FAILED."""
+    causes = [cause, *reversed(uploads.REFUSED_WRITES)]
+    refused = [text for text in map(unwritable, causes) if text]
+    if refused and not any(map(is_full, causes)):
+        error: StorageFault = storage_unwritable(sweep.storage, sweep.name, refused[0])
+    else:
+        error = storage_full(sweep.storage, sweep.name)
+    with contextlib.suppress(Exception):  # MLflow's store may be on the same device
+        tracker.finish("FAILED", children="FAILED", error=str(error))
+    return error
 
 
 def _final_trials(tracker: SweepTracker, sweep: Sweep, results: tune.ResultGrid,

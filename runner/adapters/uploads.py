@@ -6,8 +6,9 @@ the target before writing it: a full disk left a 0-byte ``basic-variant-state-*.
 and the sweep could not be resumed even after space was freed. Here each file is copied to a
 temporary name beside its target and renamed over it, so the storage keeps the last whole copy
 of every file. Object stores need none of this: a put is atomic. The copies that failed
-because the device is full are remembered, so the driver stops the sweep at once (see
-callbacks.py) instead of letting every trial fail in turn.
+because the device is full, read-only or denies this user are remembered, so the driver stops
+the sweep at once (see callbacks.py) instead of letting every trial fail in turn, or Tune
+ending ``fit`` with its trials unended as if the user had pressed Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import uuid
 from typing import Any
 
 from dcsweep.runner.sweep import lease
-from dcsweep.runner.sweep.storage import is_full
+from dcsweep.runner.sweep.storage import is_fault
 
-#: Destinations of copies that failed on a full device, in this process.
-FULL_WRITES: list[str] = []
+#: The copies the storage refused in this process (full, read-only, denied), each as an OSError
+#: naming its destination (not the temporary name the copy had).
+REFUSED_WRITES: list[OSError] = []
 #: A source file is copied again unless it is unchanged (size, inode, mtime and ctime, which
 #: no one can set back) since its last copy *and* was last changed this much before that copy:
 #: a file rewritten at the same size within one tick of a coarse clock keeps its times, and is
@@ -96,8 +98,10 @@ def _copy_all(pairs: list[tuple[str, str]]) -> None:
     copied again every half second, a cost that grows with the trials."""
     temporaries: list[tuple[str, str, tuple[tuple[int, int, int, int], float]]] = []
     now = time.time()
+    target = ""  # the destination being written when a copy fails
     try:
         for source, destination in pairs:
+            target = destination
             stat = os.stat(source)
             seen = (stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns)
             last = _COPIED.get(destination)
@@ -109,13 +113,14 @@ def _copy_all(pairs: list[tuple[str, str]]) -> None:
                                      f".{os.path.basename(destination)}.{uuid.uuid4().hex[:8]}.part")
             temporaries.append((temporary, destination, (seen, now)))
             shutil.copyfile(source, temporary)
+        for temporary, destination, copied in temporaries:  # a rename needs no space, but a device
+            target = destination  # turned read-only refuses it
+            os.replace(temporary, destination)
+            _COPIED[destination] = copied
     except BaseException as exc:
         for temporary, _, _ in temporaries:
-            with contextlib.suppress(OSError):  # never created, or the device refuses even this
+            with contextlib.suppress(OSError):  # never created, renamed, or the device refuses even this
                 os.unlink(temporary)
-        if is_full(exc):
-            FULL_WRITES.append(temporaries[-1][1] if temporaries else "")
+        if isinstance(exc, OSError) and exc.filename != source and is_fault(exc):  # not reading Tune's copy
+            REFUSED_WRITES.append(OSError(exc.errno, exc.strerror, target or exc.filename))
         raise
-    for temporary, destination, copied in temporaries:
-        os.replace(temporary, destination)
-        _COPIED[destination] = copied

@@ -5,7 +5,7 @@ no MLflow are imported here.
 
 from .places import default_storage, tracking_uri_for
 from .spec import Sweep, new_sweep, resume_sweep, space_as_run
-from .storage import Storage, StorageFull
+from .storage import Storage, StorageFault, StorageFull, StorageUnwritable
 
-__all__ = ["Storage", "StorageFull", "Sweep", "default_storage", "new_sweep", "resume_sweep", "space_as_run",
-           "tracking_uri_for"]
+__all__ = ["Storage", "StorageFault", "StorageFull", "StorageUnwritable", "Sweep", "default_storage", "new_sweep",
+           "resume_sweep", "space_as_run", "tracking_uri_for"]

@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -176,30 +177,87 @@ class Storage:
             raise ConfigError(f"storage {self.root} is not writable: {reason}") from None
 
 
-# -- a full device ----------------------------------------------------------------------------
+# -- a full or unwritable device ----------------------------------------------------------------
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: A device that turned read-only (a remount after an I/O error, a snapshot mounted over it) or
+#: a folder whose rights changed under the sweep. EROFS only ever comes from a write; EACCES and
+#: EPERM count only on a path inside the storage (a trial may also be denied its data root).
+UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 #: How a full device reads in an error's text (a trial's error reaches the driver as text).
 FULL_TEXT = re.compile(r"\[Errno (?:28|122)\]|No space left on device|Disk quota exceeded")
+#: An unwritable path in an error's text: Python's ``[Errno 13] Permission denied: '/path'``, or
+#: pyarrow's ``[Errno 30] Cannot create directory '/path'. Detail: [errno 30] Read-only file
+#: system`` (the path is optional: not every error gives it).
+UNWRITABLE_TEXT = re.compile(r"\[Errno (30|13|1)\] ([A-Za-z][^:'\n]*?):? ?(?:'([^'\n]+)')?"
+                             r"(?:\. Detail: \[errno \d+\] ([^\n]+))?$", re.MULTILINE)
+#: The temporary name a file is copied to before it is renamed over its target (see uploads.py).
+TEMPORARY = re.compile(r"/\.([^/]+)\.[0-9a-f]{8}\.part$")
 
 
-class StorageFull(OSError):
+class StorageFault(OSError):
+    """The sweep storage refuses a write: its device is full, read-only, or denies this user."""
+
+
+class StorageFull(StorageFault):
     """The device holding the sweep storage is full (or the user's quota is spent)."""
+
+
+class StorageUnwritable(StorageFault):
+    """The sweep storage became read-only or denies this user a write."""
 
 
 def is_full(error: BaseException | str | None) -> bool:
     """Whether ``error`` (an exception with its causes, or an error's text) is a full device."""
     if isinstance(error, str):
         return bool(FULL_TEXT.search(error))
+    return any(isinstance(e, StorageFull) or (isinstance(e, OSError) and e.errno in FULL_ERRNOS)
+               or FULL_TEXT.search(str(e)) for e in _chain(error))
+
+
+def unwritable(error: BaseException | str | None, root: str | None = None) -> str | None:
+    """The OS error (``[Errno 30] Read-only file system: '/path'``) when ``error`` (an exception
+    with its causes, or an error's text) is a refused write: any EROFS, and an EACCES or EPERM on
+    a path under the local storage ``root`` (any path when ``root`` is None). Else None."""
+    if isinstance(error, str):
+        for match in UNWRITABLE_TEXT.finditer(error):
+            code, path, detail = int(match[1]), match[3], match[4]
+            reason, doing = (detail.strip(), match[2].strip()) if detail else (match[2].strip(), "")
+            path = path and TEMPORARY.sub(r"/\1", path)  # the file, not the name it was copied to first
+            if _refused(code, path, root):
+                return (f"[Errno {code}] {reason}" + (f": {path!r}" if path else "")
+                        + (f" ({doing[0].lower()}{doing[1:]})" if doing else ""))
+        return None
+    for e in _chain(error):
+        if isinstance(e, StorageUnwritable):
+            return str(e)
+        if isinstance(e, OSError) and e.errno in UNWRITABLE_ERRNOS and _refused(e.errno, e.filename, root):
+            return f"[Errno {e.errno}] {e.strerror}" + (f": {str(e.filename)!r}" if e.filename else "")
+        if text := unwritable(str(e), root):  # wrapped as text (a Ray task's error)
+            return text
+    return None
+
+
+def is_fault(error: BaseException | str | None, root: str | None = None) -> bool:
+    """Whether ``error`` is the storage refusing a write: full, read-only or denied."""
+    return is_full(error) or unwritable(error, root) is not None
+
+
+def _refused(code: int, path: Any, root: str | None) -> bool:
+    if code == errno.EROFS:
+        return True
+    if code not in UNWRITABLE_ERRNOS or root is None:
+        return code in UNWRITABLE_ERRNOS
+    return path is not None and (str(path) == root or str(path).startswith(root.rstrip("/") + "/"))
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and its causes and contexts, each once."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, StorageFull) or (isinstance(error, OSError) and error.errno in FULL_ERRNOS):
-            return True
-        if FULL_TEXT.search(str(error)):
-            return True
+        yield error
         error = error.__cause__ or error.__context__
-    return False
 
 
 def storage_full(storage: Storage, name: str) -> StorageFull:
@@ -207,6 +265,14 @@ def storage_full(storage: Storage, name: str) -> StorageFull:
     return StorageFull(f"no space left on the device of the sweep storage {storage}: "
                        f"{describe_device(storage)}. The sweep stopped; what it saved before is intact. "
                        f"Free space there, then `dcsweep resume {name}`")
+
+
+def storage_unwritable(storage: Storage, name: str, cause: str) -> StorageUnwritable:
+    """The one-line error of a sweep stopped by a storage that refused a write, naming the
+    path and the OS error (``cause``, from :func:`unwritable`)."""
+    return StorageUnwritable(f"the sweep storage {storage} refused a write: {cause}. The sweep stopped; what it "
+                             f"saved before is intact. Make the storage writable again, then "
+                             f"`dcsweep resume {name}`")
 
 
 def describe_device(storage: Storage) -> str:

@@ -124,8 +124,8 @@ def test_a_folder_that_does_not_fit_leaves_the_last_whole_copy(tmp_path: Path, m
         return real(src, dst)
 
     monkeypatch.setattr(uploads.shutil, "copyfile", full_on_second)
-    monkeypatch.setattr(uploads, "FULL_WRITES", [])
+    monkeypatch.setattr(uploads, "REFUSED_WRITES", [])
     with pytest.raises(OSError, match="No space left"):
         _copy_files(str(source), str(target), source_filesystem=local, destination_filesystem=local)
     assert _tree(target) == whole and not [p for p in target.rglob("*.part")]
-    assert len(uploads.FULL_WRITES) == 1
+    assert len(uploads.REFUSED_WRITES) == 1 and uploads.REFUSED_WRITES[0].filename.endswith(".json")

@@ -97,6 +97,35 @@ def test_a_full_device_is_recognised_through_causes_and_in_text() -> None:
     assert not is_full(OSError(errno.EACCES, "Permission denied")) and not is_full("Errno 2")
 
 
+def test_a_refused_write_is_recognised_with_its_path_and_os_error() -> None:
+    import errno
+
+    from dcsweep.runner.sweep.storage import is_fault, unwritable
+
+    root = "/srv/store"
+    # Python's form, through causes; the temporary name a copy had is given as its file
+    try:
+        try:
+            raise OSError(errno.EROFS, "Read-only file system", f"{root}/t/.state.json.0a1b2c3d.part")
+        except OSError as inner:
+            raise RuntimeError("Tune's save failed") from inner
+    except RuntimeError as outer:
+        assert unwritable(outer, root) == f"[Errno 30] Read-only file system: '{root}/t/.state.json.0a1b2c3d.part'"
+    assert unwritable(f"OSError: [Errno 30] Read-only file system: '{root}/t/.state.json.0a1b2c3d.part'") == (
+        f"[Errno 30] Read-only file system: '{root}/t/state.json'")
+    # pyarrow's form (a trial's checkpoint upload), as text in a trial's error file
+    text = (f"Traceback ...\nOSError: [Errno 30] Cannot create directory '{root}/t/checkpoint_000003'. "
+            f"Detail: [errno 30] Read-only file system\n")
+    assert unwritable(text, root) == (f"[Errno 30] Read-only file system: '{root}/t/checkpoint_000003' "
+                                      f"(cannot create directory)")
+    # a denied write counts inside the storage only: a trial denied its data root is its own failure
+    assert unwritable(f"PermissionError: [Errno 13] Permission denied: '{root}/stages/x'", root)
+    assert unwritable("PermissionError: [Errno 13] Permission denied: '/data/imagenet/x'", root) is None
+    assert unwritable(OSError(errno.EACCES, "Permission denied", "/data/x"), root) is None
+    assert not is_fault("FileNotFoundError: [Errno 2] No such file or directory: 'x'", root)
+    assert is_fault(OSError(errno.ENOSPC, "No space left on device")) and is_fault(OSError(errno.EROFS, "x"))
+
+
 def test_a_full_storage_names_its_device(tmp_path) -> None:
     from dcsweep.runner.sweep.storage import StorageFull, storage_full
 
