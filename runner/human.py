@@ -55,8 +55,9 @@ def _print_stages(result: dict[str, Any]) -> None:
         state = "damaged (set aside)" if s["damaged"] else "computing" if s["computing"] else s.get("problem") or "ok"
         what = " ".join(f"{k}={v}" for k, v in (s.get("settings") or {}).items() if v is not None)
         size = f"{s['bytes']:,} B" if "bytes" in s else "-"
+        used = f"used {s['last_used'][:19]} by {s.get('sweeps', 0)} sweep(s)" if s.get("last_used") else "unused"
         print(f"{s['phase']:<11} {s['key'][:12]}  {s.get('model') or '-'} {s.get('dataset') or '-'} {what}  "
-              f"{size}  {s.get('created') or '-'}  {state}")
+              f"{size}  {(s.get('created') or '-')[:19]}  {used}  {state}")
 
 
 def print_human(command: str, result: dict[str, Any]) -> None:

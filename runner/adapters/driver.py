@@ -172,7 +172,7 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
         # need it); the other phases only when the space shares stages
         trainable = tune.with_parameters(trial, swept=tuple(d.name for d in sweep.space.swept),
                                          stages=sweep.storage.root,
-                                         shared=None if sweep.space.share_stages else ("dense",))
+                                         shared=None if sweep.space.share_stages else ("dense",), sweep=sweep.name)
         trainable = tune.with_resources(trainable, {"cpu": sweep.space.cpu, "gpu": sweep.space.gpu})
         path = sweep.storage.uri(*sweep.folder, "tune")
         if sweep.resume and tune.Tuner.can_restore(path):

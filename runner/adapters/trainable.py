@@ -53,11 +53,12 @@ def _report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
 
 
 def trial(config: dict[str, Any], swept: tuple[str, ...] = (), stages: str | None = None,
-          shared: tuple[str, ...] | None = None) -> None:
+          shared: tuple[str, ...] | None = None, sweep: str | None = None) -> None:
     """Ray Tune trainable: one full cycle, continuing from the trial's last checkpoint.
     ``swept`` names the settings every config of the sweep's space has; ``stages`` is the
     storage whose stage store the trial shares (None: it computes every phase itself), and
-    ``shared`` the phases it shares there (None: all)."""
+    ``shared`` the phases it shares there (None: all); ``sweep`` the sweep's name, noted in
+    each stage the trial makes or reuses."""
     missing = [name for name in swept if name not in config]
     if missing:  # e.g. a Tune state that failed to restore and made up a trial: never run it
         raise ValueError(f"trial config lacks the space's swept settings {missing}: it is not from this sweep's "
@@ -74,7 +75,7 @@ def trial(config: dict[str, Any], swept: tuple[str, ...] = (), stages: str | Non
         try:
             result = run_cycle(config, output=out / MODEL_FILE, callbacks=_TuneReporter(config), resume_from=resume,
                                plots=out / PLOTS_DIR, workdir=work, device=trial_device(config, ray.get_gpu_ids()),
-                               stages=StageStore(stages, shared, work) if stages is not None else None)
+                               stages=StageStore(stages, shared, work, sweep) if stages is not None else None)
         except DivergedError as exc:
             # deterministic: a retry would diverge again. The trial ends here with the reason.
             _report(Report.diverged(str(exc)))

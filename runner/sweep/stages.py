@@ -54,19 +54,21 @@ ROOT = "stages"
 POLL_S = (0.2, 1.0)  # a waiter looks again after a random pause in this range
 DAMAGED = ".damaged-"  # a damaged stage set aside: <key>.damaged-<UTC time>/
 CHUNK = 1 << 22  # bytes read at a time while a stored file is hashed
-LAST_USED = "last-used"  # beside stage.json: when a sweep last reused the stage
+USED_BY = "used-by"  # beside stage.json: one file per sweep that made or reused the stage, its last time
+ANONYMOUS = "(no sweep)"  # the user of a stage a `dcsweep compress` or `sensitivity` made or reused
 
 
 class StageStore:
     """The :class:`dcsweep.runner.cycle.stages.Stages` of a sweep storage."""
 
     def __init__(self, storage: Storage | str, phases: Collection[str] | None = None,
-                 workdir: Path | None = None) -> None:
+                 workdir: Path | None = None, user: str | None = None) -> None:
         """``phases``: the phases whose stages are shared (default: all); the others are
         computed by every cycle and never kept. ``workdir``: where the verified copies of
         stages go (a trial's own folder, removed even when its worker is killed; default the
-        system's temporary folder)."""
-        self.workdir = workdir
+        system's temporary folder). ``user``: the sweep this store serves (a checked sweep
+        name, so a plain file name), noted in each stage it makes or reuses."""
+        self.workdir, self.user = workdir, user
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
         self.phases = None if phases is None else frozenset(phases)
         self._damage: dict[tuple[str, str], str] = {}  # (phase, key) -> why this process recomputed it
@@ -128,6 +130,13 @@ class StageStore:
             files[name] = (hashlib.sha256(data).hexdigest(), len(data))
             self.storage.write_bytes(data, *where, name)
         self.storage.write_text(json.dumps(record_json(record, files, _now()), indent=1), *where, STAGE_FILE)
+        self._note_use(phase, key)
+
+    def _note_use(self, phase: str, key: str) -> None:
+        """The time in ``used-by/<sweep>``: one small file per sweep and no lease (the last
+        writer's time is as good as any), which `dcsweep stages list` counts and `gc` reads."""
+        with contextlib.suppress(OSError):  # a read-only storage still serves its stages
+            self.storage.write_text(_now(), *self.folder(phase, key), USED_BY, self.user or ANONYMOUS)
 
     # -- checking what is stored ----------------------------------------------------------
     def verify(self, phase: str, key: str) -> StageRecord:
@@ -189,11 +198,8 @@ class StageStore:
     def _used(self, phase: str, key: str, found: Found) -> Iterator[None]:
         """The block that uses a verified stage; its private copy is removed afterwards. A
         verified file that still does not load (StageDamaged from the block) sets the stage
-        aside, under its lease when that is free, so the next to need it computes it. The
-        reuse is noted in the stage's ``last-used`` file (no lease: the last writer's time is
-        as good as any), which `dcsweep stages gc` reads."""
-        with contextlib.suppress(OSError):  # a read-only storage still serves its stages
-            self.storage.write_text(_now(), *self.folder(phase, key), LAST_USED)
+        aside, under its lease when that is free, so the next to need it computes it."""
+        self._note_use(phase, key)
         try:
             yield
         except StageDamaged as exc:
@@ -236,8 +242,9 @@ def _copy_checked(storage: Storage, parts: tuple[str, ...], sha256: str, size: i
 
 def list_stages(store: StageStore, phase: str | None = None) -> list[dict[str, Any]]:
     """Every stage folder of the store (of ``phase``), as `dcsweep stages list` shows it: its
-    phase, key, model and data set, the settings that set it apart, bytes, when it was made,
-    whether it is being computed now (a live lease), and damaged folders set aside. Records
+    phase, key, model and data set, the settings that set it apart, bytes, when it was made and
+    last used, by how many sweeps, whether it is being computed now (a live lease), and damaged
+    folders set aside. Records
     are read, not verified (``stages verify`` reads every file)."""
     rows = []
     for each in [phase] if phase else PHASES_KEPT:
@@ -262,9 +269,17 @@ def _row(store: StageStore, phase: str, name: str) -> dict[str, Any]:
                accuracy=record.accuracy, val_accuracy=record.val_accuracy, seconds=record.seconds,
                bytes=sum(size for _, size in files.values()),
                created=json.loads(text).get("created"))
-    with contextlib.suppress(OSError):
-        row["last_used"] = store.storage.read_text(*where, LAST_USED).strip()[:40]
+    used = {}
+    for user in store.storage.files(*where, USED_BY)[:MAX_USERS]:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            used[user] = store.storage.read_bytes(*where, USED_BY, user)[:40].decode().strip()
+    row["sweeps"] = len([u for u in used if u != ANONYMOUS])
+    row["last_used"] = max(used.values(), default=None)
     return row
+
+
+#: The most users read per stage: a hostile store's million files do not stall `stages list`.
+MAX_USERS = 10_000
 
 
 def unused_stages(store: StageStore, days: float, now: datetime.datetime | None = None) -> list[dict[str, Any]]:

@@ -147,6 +147,13 @@ def _rewrite_record(folder: Path, **changes: object) -> None:
     (folder / "stage.json").write_text(json.dumps(data))
 
 
+def _age(folder: Path, when: str) -> None:
+    """Make a stage look made and last used at ``when``."""
+    _rewrite_record(folder, created=when)
+    for user in (folder / "used-by").iterdir():
+        user.write_text(when)
+
+
 DAMAGES = {
     "model replaced": (lambda f, o: (f / "model.dcz").write_bytes(b"X" * 14), "is not the file its record names"),
     "model cut short": (lambda f, o: (f / "model.dcz").write_bytes(b"pruned"), "record says 14 bytes"),
@@ -257,6 +264,30 @@ def test_stages_list_and_verify_show_the_store(tmp_path: Path, capsys) -> None:
         lease.release()
 
 
+def test_stages_list_counts_the_sweeps_that_made_or_reused_a_stage(tmp_path: Path, capsys) -> None:
+    from dcsweep.runner.cli import main
+
+    root = tmp_path / "store"
+    record = made("pruned", "shared by two")
+    _publish(StageStore(root, user="sweep-a"), record, tmp_path / "w", b"weights")
+    (row,) = json.loads(_stages_list(main, root, capsys))["stages"]
+    assert row["sweeps"] == 1 and row["last_used"] >= row["created"]
+    for user in ("sweep-b", "sweep-b", None):  # a sweep reusing twice counts once; a lone cycle not at all
+        with StageStore(root, user=user).claim("pruned", record.key) as found:
+            assert found is not None
+    (row,) = json.loads(_stages_list(main, root, capsys))["stages"]
+    assert row["sweeps"] == 2 and row["last_used"] >= row["created"]
+    assert sorted(p.name for p in (root / "stages" / "pruned" / record.key / "used-by").iterdir()) == [
+        "(no sweep)", "sweep-a", "sweep-b"]
+    assert main(["stages", "list", "--storage", str(root)]) == 0
+    assert "by 2 sweep(s)" in capsys.readouterr().out
+
+
+def _stages_list(main, root: Path, capsys) -> str:
+    assert main(["stages", "list", "--storage", str(root), "--json"]) == 0
+    return capsys.readouterr().out
+
+
 def test_stages_gc_lists_and_removes_only_with_yes(tmp_path: Path, capsys) -> None:
     """Damaged folders and stages unused for N days are listed; nothing is removed without
     --yes; a reused stage is recent again; a leased one is never touched."""
@@ -275,12 +306,12 @@ def test_stages_gc_lists_and_removes_only_with_yes(tmp_path: Path, capsys) -> No
         pass
     ten_days_ago = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=10)).isoformat()
     for record in (old, recent):
-        _rewrite_record(root / "stages" / "pruned" / record.key, created=ten_days_ago)
+        _age(root / "stages" / "pruned" / record.key, ten_days_ago)
     with store.claim("pruned", recent.key) as found:  # reused now
         assert found is not None
     leased = made("dense", "leased")
     _publish(store, leased, tmp_path / "w9", b"weights")
-    _rewrite_record(root / "stages" / "dense" / leased.key, created=ten_days_ago)
+    _age(root / "stages" / "dense" / leased.key, ten_days_ago)
     lease = Lease(store.storage, leased.key, ("stages", "dense", leased.key, "leases"), what="dense stage")
     assert lease.try_acquire() is None
     try:
