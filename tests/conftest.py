@@ -1,11 +1,16 @@
 """Shared fixtures: small real models trained briefly on scikit-learn's bundled digits, one
-local Ray instance per session, and the `slow` marker kept true.
+local Ray instance per session, the `slow` marker kept true, and a temporary folder of the
+session's own.
 
 A test that uses a fixture of SLOW_FIXTURES (a sweep, a Ray instance, a cluster, a tracking
 server) is marked ``slow`` here, whatever its module says: ``-m "not slow"`` then runs no sweep.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,6 +19,25 @@ import torch.nn as nn
 from sklearn.datasets import load_digits
 
 from .helpers import SLOW_FIXTURES, convnet, mlp, train
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every process the tests start (Ray's workers included, which inherit the environment)
+    keeps its temporary files in a folder of this session's own, so a check of what dcsweep
+    left there never sees another process's files: the suite passes beside running sweeps.
+    Ray's own session folders stay where they were (RAY_TMPDIR): under a deep TMPDIR its
+    socket paths would pass the 107 bytes a Unix socket allows."""
+    os.environ.setdefault("RAY_TMPDIR", tempfile.gettempdir())
+    os.environ["TMPDIR"] = config.stash[_TEMP] = tempfile.mkdtemp(prefix="pytest-dcsweep-")
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _TEMP in config.stash:
+        shutil.rmtree(config.stash[_TEMP], ignore_errors=True)
+
+
+_TEMP = pytest.StashKey[str]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

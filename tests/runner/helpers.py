@@ -235,9 +235,17 @@ def front(result: dict) -> set[tuple]:
             for t in result["trials"] if t["pareto_optimal"]}
 
 
-def ours_in_temp() -> set[str]:
-    """What dcsweep has in the system's temporary folder (the workers of a local Ray share it)."""
-    return {p.name for p in Path(tempfile.gettempdir()).glob("dcsweep-*")}
+def ours_in_temp(root: Path | None = None) -> set[str]:
+    """What dcsweep has in the temporary folder ``root`` (default: this session's own, see
+    conftest.py; the workers of a local Ray share it)."""
+    return {p.name for p in (root or Path(tempfile.gettempdir())).glob("dcsweep-*")}
+
+
+def own_temp() -> tuple[Path, dict[str, str]]:
+    """A temporary folder of one test's own, and the environment that gives it to a process
+    the test starts (and to that process's Ray workers)."""
+    folder = Path(tempfile.mkdtemp(prefix="test-"))
+    return folder, {"TMPDIR": str(folder)}
 
 
 def trial_rows(trial_dir: Path) -> list[dict]:

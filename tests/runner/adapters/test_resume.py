@@ -31,6 +31,7 @@ from ..helpers import (
     kill_after_finished,
     mlflow_server_command,
     ours_in_temp,
+    own_temp,
     served,
     trial_rows,
 )
@@ -199,11 +200,11 @@ def _faulted(store: tuple, name: str, fault: str) -> tuple[dict, Path]:
     """The store's space run as sweep ``name`` with the test fault hook set to ``fault``; its
     failed, killed and retried trials leave nothing in the temporary folder."""
     folder, storage, _ = store
-    before = ours_in_temp()
+    temp, env = own_temp()
     with cli("run", str(folder / "space.yaml"), "--name", name, "--storage", str(storage), "--json",
-             env={"DCSWEEP_TEST_FAULT": fault}) as proc:
+             env={"DCSWEEP_TEST_FAULT": fault, **env}) as proc:
         result = finish(proc)
-    assert ours_in_temp() - before == set()
+    assert ours_in_temp(temp) == set()
     return result, storage
 
 

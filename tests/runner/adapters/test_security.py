@@ -3,6 +3,7 @@ storage or the output."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from ..helpers import SPACE, cli
 CREDENTIALS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME",
                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS",
                "RAY_AUTH_TOKEN_SECRET_PROBE")
-RAY_TEMP = Path(tempfile.gettempdir()) / "ray"  # Ray's session folders: logs, runtime envs, ...
+RAY_TEMP = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"  # Ray's sessions: logs, runtime envs
 
 
 @pytest.mark.slow

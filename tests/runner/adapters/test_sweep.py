@@ -419,3 +419,32 @@ def test_random_search_draws_the_same_trials_from_the_same_seed(tmp_path: Path) 
     first = _random_draws(tmp_path, 0)
     assert _random_draws(tmp_path, 0) == first and len(set(first)) == 3
     assert _random_draws(tmp_path, 1) != first
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("taken", ["registered model", "experiment"])
+def test_a_new_sweep_refuses_a_name_the_tracking_store_has(taken: str, ray_local, tmp_path: Path, capsys) -> None:
+    """`dcsweep run --name N` where MLflow already has a registered model (or an experiment)
+    named N that this sweep did not make: exit 2 with the one-line reason, and nothing is
+    registered, logged or left in the storage."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    if taken == "registered model":
+        client.create_registered_model("owned", description="someone else's")
+    else:
+        client.create_experiment("owned")
+    before = [(e.experiment_id, e.name) for e in client.search_experiments()]
+    (tmp_path / "two.yaml").write_text(SPACE.replace("[0.5, 0.9, 0.97]", "[0.9]"))
+    code = main(["run", str(tmp_path / "two.yaml"), "--name", "owned", "--storage", str(tmp_path / "store"),
+                 "--tracking-uri", uri, "--json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    article = "an" if taken == "experiment" else "a"
+    assert code == 2 and err[-1].startswith(f"dcsweep: error: the tracking store already has {article} {taken} "
+                                            f"named 'owned'"), err[-3:]
+    assert "give another --name" in err[-1]
+    assert [(e.experiment_id, e.name) for e in client.search_experiments()] == before
+    assert client.search_model_versions("name = 'owned'") == []
+    assert [m.name for m in client.search_registered_models()] == (["owned"] if taken == "registered model" else [])
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]  # no sweep, no stage
+    assert main(["list", "--storage", str(tmp_path / "store"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sweeps"] == []
