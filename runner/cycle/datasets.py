@@ -64,6 +64,14 @@ class InMemory:
     def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled (with ``generator``) or in order (without); the last batch may be short."""
+        for x, y, _ in self.parts(batch_size, device, generator, lambda n: slice(0, n)):
+            yield x, y
+
+    def parts(self, batch_size: int, device: torch.device, generator: torch.Generator | None,
+              part: Callable[[int], slice]) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """``part(n)`` of each global batch (one rank's slice), with the global batch's size.
+        The order and the augmentation's draws are the global batch's, so every rank draws
+        alike and the slices of all ranks make up what one process would see."""
         device = torch.device(device)  # a name ("cpu") too
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
         images, labels = self.on(device)
@@ -71,24 +79,31 @@ class InMemory:
         mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
         for start in range(0, len(self), batch_size):
-            idx = order[start:start + batch_size]
+            whole = order[start:start + batch_size]
+            mine = part(len(whole))
+            idx = whole[mine]
             x = images[idx].to(device, non_blocking=True)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
             if self.augment and generator is not None:
-                x = _crop_flip(x, generator)
-            yield (x - mean) / std, labels[idx].to(device, non_blocking=True)
+                x = _crop_flip(x, *(draw[..., mine] for draw in _crop_flip_draws(len(whole), generator)))
+            yield (x - mean) / std, labels[idx].to(device, non_blocking=True), len(whole)
 
 
-def _crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _crop_flip_draws(b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random offsets (rows, columns) and flips of a batch of ``b``."""
+    dy, dx = torch.randint(0, 9, (2, b), generator=generator)
+    return dy, dx, torch.rand(b, generator=generator) < 0.5
+
+
+def _crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     b, _, h, w = x.shape
+    dy, dx = dy.to(x.device), dx.to(x.device)
     padded = F.pad(x, (4, 4, 4, 4))
-    dy, dx = (torch.randint(0, 9, (2, b), generator=generator)).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
     out = padded.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols]
     out = out.permute(0, 3, 1, 2)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
-    return torch.where(flip, out.flip(-1), out)
+    return torch.where(flip.to(x.device).view(-1, 1, 1, 1), out.flip(-1), out)
 
 
 @dataclass
@@ -109,15 +124,44 @@ class Folder:
         try:
             while True:
                 try:
-                    x, y = next(batches)
+                    x, y = _next_batch(batches)
                 except StopIteration:
                     return
-                except Exception as exc:  # noqa: BLE001 - its last line is _load_image's, naming the file
-                    cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                    raise DataError(cause.removeprefix(f"{DataError.__module__}.DataError: ")[:400]) from None
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         finally:  # workers ended here, not by a garbage collection in some later forked worker
             getattr(batches, "_shutdown_workers", lambda: None)()
+
+    def parts(self, batch_size: int, device: torch.device, generator: torch.Generator | None,
+              part: Callable[[int], slice]) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """``part(n)`` of each global batch, with its size: every rank draws the same order
+        from ``generator`` and reads only the images of its own slices."""
+        n = len(self)
+        order = (torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)).tolist()
+        wholes = [order[start:start + batch_size] for start in range(0, n, batch_size)]
+        mine = [whole[part(len(whole))] for whole in wholes]
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[m for m in mine if m],
+                                             num_workers=self.workers)
+        batches = iter(loader)
+        try:
+            for whole, own in zip(wholes, mine, strict=True):
+                if not own:  # a short last batch left this rank nothing
+                    yield torch.empty(0, device=device), torch.empty(0, dtype=torch.long, device=device), len(whole)
+                    continue
+                x, y = _next_batch(batches)
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), len(whole)
+        finally:
+            getattr(batches, "_shutdown_workers", lambda: None)()
+
+
+def _next_batch(batches: Iterator[Any]) -> Any:
+    """The loader's next batch; a worker's failure as the DataError it raised, naming the file."""
+    try:
+        return next(batches)
+    except StopIteration:
+        raise
+    except Exception as exc:  # noqa: BLE001 - its last line is _load_image's, naming the file
+        cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DataError(cause.removeprefix(f"{DataError.__module__}.DataError: ")[:400]) from None
 
 
 def _load_image(path: str) -> Any:

@@ -49,6 +49,7 @@ from .config import ConfigError, CycleConfig
 from .datasets import Data, load_dataset
 from .fingerprint import fingerprint
 from .models import create_model
+from .parallel import SINGLE, Ranks, ranked
 from .results import MODEL_FILE, PHASES, STATE_FILE, CycleResult, Encoded
 from .sensitivity import CSV_FILE, KS, PLOT_FILE, SPARSITIES, TABLE_FILE, Table, measure
 from .stages import (
@@ -85,8 +86,9 @@ class _Cycle:
     """The state one run of the cycle carries from phase to phase."""
 
     def __init__(self, cfg: CycleConfig, callbacks: CycleCallbacks, progress: bool,
-                 workdir: Path | None = None, device: str | None = None) -> None:
+                 workdir: Path | None = None, device: str | None = None, ranks: Ranks = SINGLE) -> None:
         self.cfg, self.callbacks, self.progress, self.workdir = cfg, callbacks, progress, workdir
+        self.ranks = ranks
         self.device = pick_device(device or cfg.device)
         self.data: Data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size, cfg.val_fraction)
         seed_everything(cfg.seed)  # the initial weights too
@@ -116,13 +118,14 @@ class _Cycle:
     def scores(self, model: nn.Module | None = None) -> tuple[float, float]:
         """(test accuracy, validation accuracy) of ``model`` (default: the cycle's)."""
         model = self.model if model is None else model
-        return evaluate(model, self.data.test, self.device), evaluate(model, self.data.validation, self.device)
+        return (evaluate(model, self.data.test, self.device, ranks=self.ranks),
+                evaluate(model, self.data.validation, self.device, ranks=self.ranks))
 
     def fit(self, phase: str, label: str, epochs: int, lr: float, gen: torch.Generator, first_epoch: int = 0) -> None:
         cfg = self.cfg
         schedule = Schedule(epochs, lr, cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.batch_size)
         fit(self.model, self.data.train, schedule, self.device, gen, label, self.progress,
-            lambda e, loss: self.callbacks.on_epoch(phase, first_epoch + e, loss))
+            lambda e, loss: self.callbacks.on_epoch(phase, first_epoch + e, loss), self.ranks)
 
     # -- phases -------------------------------------------------------------------------------
     def dense(self, gen: torch.Generator) -> None:
@@ -139,6 +142,7 @@ class _Cycle:
             return
 
         def retrain(model: nn.Module, step: int) -> None:
+            self.ranks.share(model)  # rank 0's masks, whatever the ranks' thresholds came to
             self.fit("pruned", f"prune {step + 1}/{cfg.prune_steps}", cfg.prune_epochs, cfg.prune_learning_rate, gen,
                      first_epoch=step * cfg.prune_epochs)
 
@@ -169,12 +173,16 @@ class _Cycle:
         number alone, so whichever trial computes a rung computes the same one."""
         cfg = self.cfg
         gen = seed_everything(cfg.seed + 1000 + RUNG_SEED_STRIDE * (number + 1))
-        iterative_prune_(self.model, MagnitudePrune(sparsity=target, layers=cfg.layers), 1, lambda model, step:
-                         self.fit("pruned", f"rung {number + 1} (sparsity {target:g})", cfg.prune_epochs,
-                                  cfg.prune_learning_rate, gen))
+        def retrain(model: nn.Module, step: int) -> None:
+            self.ranks.share(model)
+            self.fit("pruned", f"rung {number + 1} (sparsity {target:g})", cfg.prune_epochs, cfg.prune_learning_rate,
+                     gen)
+
+        iterative_prune_(self.model, MagnitudePrune(sparsity=target, layers=cfg.layers), 1, retrain)
 
     def shared(self, gen: torch.Generator) -> None:
         share_weights_(self.model, self.cfg.share_config)
+        self.ranks.share(self.model)  # rank 0's codebooks and indices
         self.fit("shared", "share", self.cfg.share_epochs, self.cfg.share_learning_rate, gen)
 
     # -- per-layer allocation -------------------------------------------------------------------
@@ -191,6 +199,7 @@ class _Cycle:
             table = measure(self.model, self.data.validation, self.device, sparsities, ks, coder=self.cfg.coder,
                             index_bits=self.cfg.index_bits, init=self.cfg.init, seed=self.cfg.seed,
                             retrain=self.retrain_for_table if self.cfg.table_retrain_epochs else None)
+            table = self.ranks.decide(table)  # every rank allocates from rank 0's
             log.info("sensitivity table: %d layers x %d rows in %.1fs", len(table.layers),
                      len(sparsities) * len(ks), table.seconds)
             with tempfile.TemporaryDirectory(prefix="dcsweep-sensitivity-", dir=self.workdir) as tmp:
@@ -217,9 +226,9 @@ class _Cycle:
         table, _ = self.table(*grid, dense_ready=True)
         self.allocated_from = table
         budget = None if cfg.target_ratio is None else int(table.dense_bytes / cfg.target_ratio)
-        allocation, priced = fit_budget(table, budget_bytes=budget,
-                                        max_drop=None if cfg.max_drop is None else cfg.max_drop / 100,
-                                        price=self.price)
+        allocation, priced = self.ranks.decide(fit_budget(
+            table, budget_bytes=budget, max_drop=None if cfg.max_drop is None else cfg.max_drop / 100,
+            price=self.price))
         log.info("allocation for %s: %s (%d B before retraining, predicted validation accuracy %.4f)",
                  f"ratio {cfg.target_ratio:g}" if cfg.target_ratio else f"at most {cfg.max_drop:g} points lost",
                  allocation.to_json(), priced, allocation.predicted_val_accuracy)
@@ -274,6 +283,7 @@ class _Cycle:
                 self.checkpoint(phase, record.accuracy, record.val_accuracy, time.perf_counter() - start, stage)
                 return
             self.phase(phase)(gen)
+            self.ranks.share(self.model)  # bit-identical on every rank, whatever its device summed
             accuracy, val_accuracy = self.scores()
             seconds = time.perf_counter() - start
             log.info("%s: accuracy %.4f (validation %.4f) in %.1fs", phase, accuracy, val_accuracy, seconds)
@@ -343,6 +353,7 @@ def run_cycle(
     workdir: str | Path | None = None,
     stages: Stages | None = None,
     device: str | None = None,
+    ranks: Ranks = SINGLE,
 ) -> CycleResult:
     """Run the cycle; ``result.to_json()`` is the compress JSON of ARCHITECTURE.md.
 
@@ -354,11 +365,14 @@ def run_cycle(
     ones this cycle computes (see :mod:`.stages`); ``result.stages`` says which were reused.
     ``device`` overrides where the run computes (its settings' ``device``) and leaves what its
     stages are keyed by alone: a sweep's trial that holds no GPU runs ``auto`` on the CPU.
+    ``ranks``: the processes that run this cycle together, data-parallel (see parallel.py);
+    each calls run_cycle with the same settings, rank 0 alone with ``output``, ``plots`` and
+    callbacks that keep anything, and every rank with a ``resume_from`` of the same files.
     """
     cfg = config if isinstance(config, CycleConfig) else CycleConfig.from_dict(config)
     cycle = _Cycle(cfg, callbacks or CycleCallbacks(), progress, Path(workdir) if workdir is not None else None,
-                   device)
-    cycle.stages = stages or NoStages()
+                   device, ranks)
+    cycle.stages = ranked(stages or NoStages(), ranks, cycle.workdir)
     done = -1
     if resume_from is not None:
         done, cycle.result = _restore(Path(resume_from), cfg, cycle.model)

@@ -7,7 +7,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from .config import DEVICES, ConfigError
 from .datasets import Folder, InMemory
+from .parallel import SINGLE, Ranks
 
 log = logging.getLogger("dcsweep")
 
@@ -104,9 +105,11 @@ def mixed_precision(device: torch.device) -> tuple[torch.dtype | None, bool]:
 
 def fit(model: nn.Module, data: InMemory | Folder, schedule: Schedule, device: torch.device,
         generator: torch.Generator, label: str = "train", progress: bool = True,
-        on_epoch: Callable[[int, float], None] | None = None) -> float:
+        on_epoch: Callable[[int, float], None] | None = None, ranks: Ranks = SINGLE) -> float:
     """Train ``model`` in place; returns the last epoch's mean loss. Raises DivergedError
-    when a batch's loss is NaN or infinite (found within CHECK_EVERY steps)."""
+    when a batch's loss is NaN or infinite (found within CHECK_EVERY steps). Over several
+    ``ranks`` each takes its slice of every global batch of ``schedule.batch_size`` and the
+    gradients are summed over them (see parallel.py)."""
     if schedule.epochs == 0:
         return float("nan")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -127,22 +130,28 @@ def fit(model: nn.Module, data: InMemory | Folder, schedule: Schedule, device: t
         total = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
         count = 0
-        for step, (x, y) in enumerate(data.batches(schedule.batch_size, device, generator)):
+        for step, (x, y, whole) in enumerate(_slices(data, schedule.batch_size, device, generator, ranks)):
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = nn.functional.cross_entropy(model(x), y)
+                if ranks.world == 1:
+                    loss = nn.functional.cross_entropy(model(x), y)
+                elif not len(y):  # a short last batch left this rank nothing: it adds no gradient
+                    loss = torch.zeros((), device=device, requires_grad=True)
+                else:  # this slice's share of the global batch's mean: the ranks' gradients sum to it
+                    loss = nn.functional.cross_entropy(model(x), y, reduction="sum") / whole
             bad = ~torch.isfinite(loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            ranks.sum_gradients(model)
             scaler.step(opt)
             scaler.update()
             sched.step()
-            total += loss.detach().double() * len(y)
-            count += len(y)
+            total += loss.detach().double() * (len(y) if ranks.world == 1 else whole)
+            count += whole
             if (step + 1) % CHECK_EVERY == 0:
-                _check_finite(first_bad, label, epoch, schedule, bar)
-        _check_finite(first_bad, label, epoch, schedule, bar)
-        loss_value = total.item() / max(count, 1)
+                _check_finite(first_bad, label, epoch, schedule, bar, ranks)
+        _check_finite(first_bad, label, epoch, schedule, bar, ranks)
+        loss_value = ranks.sum_(total).item() / max(count, 1)
         bar.update(epoch + 1, loss_value)
         if on_epoch is not None:
             on_epoch(epoch, loss_value)
@@ -151,8 +160,22 @@ def fit(model: nn.Module, data: InMemory | Folder, schedule: Schedule, device: t
     return loss_value
 
 
-def _check_finite(first_bad: torch.Tensor, label: str, epoch: int, schedule: Schedule, bar: _Progress) -> None:
+def _slices(data: InMemory | Folder, batch_size: int, device: torch.device, generator: torch.Generator | None,
+            ranks: Ranks) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(this rank's images, its labels, the global batch's size) for each global batch."""
+    if ranks.world == 1:  # as a single process always drew them
+        for x, y in data.batches(batch_size, device, generator):
+            yield x, y, len(y)
+        return
+    yield from data.parts(batch_size, device, generator, ranks.part)
+
+
+def _check_finite(first_bad: torch.Tensor, label: str, epoch: int, schedule: Schedule, bar: _Progress,
+                  ranks: Ranks = SINGLE) -> None:
     step = int(first_bad)
+    if ranks.world > 1:  # every rank stops together, or the others would wait for it forever
+        anywhere = ranks.sum_(torch.tensor([float(step >= 0)], device=first_bad.device))
+        step = max(step, 0) if float(anywhere) > 0 else -1
     if step >= 0:
         bar.close()
         raise DivergedError(f"{label}: loss became nan or infinite in epoch {epoch + 1} (step {step + 1}); "
@@ -160,15 +183,18 @@ def _check_finite(first_bad: torch.Tensor, label: str, epoch: int, schedule: Sch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: InMemory | Folder, device: torch.device, batch_size: int = 256) -> float:
+def evaluate(model: nn.Module, data: InMemory | Folder, device: torch.device, batch_size: int = 256,
+             ranks: Ranks = SINGLE) -> float:
     """Top-1 accuracy in [0, 1], in eval mode, in a fixed order (so equal weights give equal
-    accuracy, bit for bit)."""
+    accuracy, bit for bit). Over several ``ranks`` each counts its slice of every batch and the
+    counts are summed: every example once."""
     model.to(device).eval()
     dtype, _ = mixed_precision(device)
     correct = torch.zeros((), dtype=torch.long, device=device)  # counted on the device: one sync
     total = 0
-    for x, y in data.batches(batch_size, device, None):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            correct += (model(x).argmax(1) == y).sum()
-        total += len(y)
-    return int(correct) / max(total, 1)
+    for x, y, whole in _slices(data, batch_size, device, None, ranks):
+        if len(y):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                correct += (model(x).argmax(1) == y).sum()
+        total += whole
+    return int(ranks.sum_(correct)) / max(total, 1)
