@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPUs per trial, fractions allowed (the space's resources.cpu)")
     p.add_argument("--gpus-per-trial", dest="gpus", type=float,
                    help="GPUs per trial, fractions allowed (the space's resources.gpu)")
+    p.add_argument("--workers-per-trial", dest="workers", type=int,
+                   help="data-parallel Ray Train workers per trial, --cpus/--gpus-per-trial each "
+                        "(the space's resources.workers, default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p = sub.add_parser("resume", help="continue a sweep whose driver died: finished trials are kept")
     p.add_argument("name", help="the sweep's name")
@@ -189,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPUs per trial, fractions allowed (the space's resources.cpu)")
     p.add_argument("--gpus-per-trial", dest="gpus", type=float,
                    help="GPUs per trial, fractions allowed (the space's resources.gpu)")
+    p.add_argument("--workers-per-trial", dest="workers", type=int,
+                   help="data-parallel Ray Train workers per trial, --cpus/--gpus-per-trial each "
+                        "(the space's resources.workers, default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p = sub.add_parser("pareto", help="a sweep's trials from MLflow, Pareto-optimal ones marked")
     p.add_argument("name", help="the sweep's name")
@@ -380,9 +386,9 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from .sweep import new_sweep, resume_sweep, space_as_run
     from .sweep.places import check_per_trial
 
-    check_per_trial(args.cpus, args.gpus)
+    check_per_trial(args.cpus, args.gpus, args.workers)
     _check_address(args.address)
-    space = space_as_run(args.space, args.smoke, args.cpus, args.gpus)
+    space = space_as_run(args.space, args.smoke, args.cpus, args.gpus, args.workers)
     if args.resume:
         return _drive(resume_sweep(args.name, _storage(args), args.tracking_uri, args.address, expect=space))
     return _drive(new_sweep(space, args.name, _storage(args), args.tracking_uri, args.smoke, args.address))
@@ -412,7 +418,7 @@ def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
     from .adapters.submit import submit
 
     return submit(args.space, args.address, args.name, args.storage, args.tracking_uri, args.smoke, args.cpus,
-                  args.gpus)
+                  args.gpus, args.workers)
 
 
 def _drive(sweep: Sweep) -> dict[str, Any]:

@@ -38,6 +38,8 @@ MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000  # values after YAML aliases are expanded (a 590-byte alias bomb expands to billions)
 MIN_CPU = 0.01  # per trial: Ray schedules fractions of a CPU down to 1/10,000; a hundredth is plenty
 MAX_RESOURCE = 1024.0  # CPUs or GPUs per trial
+MAX_WORKERS = 1024  # Ray Train workers per trial: a trial that needs more is not one trial
+DEFAULT_BATCH_SIZE = 64  # the cycle's (runner.cycle.config), which this package does not import
 MAX_TRIALS = 100_000  # a sweep's trials; the driver lists a grid's points before it starts
 MAX_SEED = (1 << 32) - 1  # what Optuna's and numpy's samplers take
 MAX_DESCRIPTION = 10_000  # characters; MLflow refuses a run description over 20,000
@@ -78,6 +80,8 @@ class SearchSpace:
     seed: int = 0
     cpu: float = 1.0
     gpu: float = 0.0
+    #: data-parallel workers per trial (Ray Train); ``cpu`` and ``gpu`` are then each worker's
+    workers: int = 1
     max_failures: int = 2
     smoke: dict[str, Any] = field(default_factory=dict)
     #: trials take the pruned and shared models other trials computed with the same settings
@@ -98,7 +102,9 @@ class SearchSpace:
                 "swept": {d.name: d.to_dict() for d in self.swept},
                 "search": {"algorithm": self.algorithm, "num_samples": self.num_samples,
                            "max_concurrent": self.max_concurrent, "seed": self.seed},
-                "resources": {"cpu": self.cpu, "gpu": self.gpu}, "max_failures": self.max_failures,
+                "resources": {"cpu": self.cpu, "gpu": self.gpu, **({"workers": self.workers} if self.workers > 1
+                                                                   else {})},
+                "max_failures": self.max_failures,
                 "smoke": dict(self.smoke), "share_stages": self.share_stages}
 
 
@@ -217,9 +223,9 @@ def _parse(raw: Any, source: str) -> SearchSpace:
     if algorithm == "optuna" and any(d.kind == "grid" for d in swept):
         raise SpaceError(f"{source}: search.algorithm=optuna samples; use choice instead of grid in swept")
     res = _mapping(source, top.get("resources"), "resources")
-    unknown = sorted(set(res) - {"cpu", "gpu"})
+    unknown = sorted(set(res) - {"cpu", "gpu", "workers"})
     if unknown:
-        raise SpaceError(f"{source}: unknown resources key(s) {unknown}; valid: cpu, gpu")
+        raise SpaceError(f"{source}: unknown resources key(s) {unknown}; valid: cpu, gpu, workers")
     space = SearchSpace(
         name=name, source=source, description=_text(source, "description", top.get("description", "")),
         fixed=fixed, swept=swept,
@@ -229,15 +235,31 @@ def _parse(raw: Any, source: str) -> SearchSpace:
         seed=_int(source, "search.seed", search.get("seed", 0), 0, MAX_SEED),
         cpu=_resource(source, "resources.cpu", res.get("cpu", 1), MIN_CPU),
         gpu=_resource(source, "resources.gpu", res.get("gpu", 0), 0.0),
+        workers=_int(source, "resources.workers", res.get("workers", 1), 1, MAX_WORKERS),
         max_failures=_int(source, "max_failures", top.get("max_failures", 2), 0),
         smoke=_mapping(source, top.get("smoke"), "smoke"),
         share_stages=_bool(source, "share_stages", top.get("share_stages", True)))
     if len(space.description) > MAX_DESCRIPTION:
         _fail(source, "description", f"<{len(space.description)} characters>", f"at most {MAX_DESCRIPTION} characters")
+    check_workers(space)
     if space.total_trials > MAX_TRIALS:
         raise SpaceError(f"{source}: the space has {space.total_trials} trials (grid points x num_samples); "
                          f"a sweep may have at most {MAX_TRIALS}")
     return space
+
+
+def check_workers(space: SearchSpace) -> None:
+    """Each of a trial's workers takes ``batch_size / workers`` of every global batch: refuse
+    a batch size (fixed or swept) the workers do not divide."""
+    if space.workers == 1:
+        return
+    sizes = [space.fixed.get("batch_size", DEFAULT_BATCH_SIZE)]
+    sizes += [v for d in space.swept if d.name == "batch_size" for v in d.values]
+    uneven = [b for b in sizes if isinstance(b, int) and b % space.workers]
+    if uneven:
+        raise SpaceError(f"{space.source}: batch_size {uneven[0]} is not a multiple of resources.workers="
+                         f"{space.workers}; each worker takes batch_size / workers of every batch: use a batch "
+                         f"size divisible by {space.workers}")
 
 
 def _text(source: str, where: str, value: Any) -> str:

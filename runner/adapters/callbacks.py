@@ -98,7 +98,8 @@ class MlflowCallback(tune.Callback):
             # just before its end: each goes to MLflow with what follows, in one call
             hold = report.phase == FINAL or report.stages.get(report.phase, ("", False))[1]
             self._safely("metrics", trial, lambda tid: self.tracker.log_phase(
-                tid, report.phase, report.numbers, report.stages, hold=hold, recomputed=report.recomputed))
+                tid, report.phase, report.numbers, report.stages, hold=hold, recomputed=report.recomputed,
+                world_size=report.world_size))
         elif report.phase == DIVERGED:
             self._safely("divergence", trial, lambda tid: self.tracker.fail_trial(tid, report.error or ""))
 
@@ -125,7 +126,7 @@ def last_failure(trial: Any) -> str:
 
 
 def trial_run(tracker: SweepTracker, space: SearchSpace, trial_id: str, config: Mapping[str, Any]) -> str:
-    params = CycleConfig.from_dict(config).to_dict()
+    params = {**CycleConfig.from_dict(config).to_dict(), "workers": space.workers}
     name = f"{label(_swept(space, config))} {trial_id}".strip()  # the settings first: what a table shows
     return tracker.trial_run(trial_id, params, name)
 

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -29,6 +30,7 @@ from dcsweep.runner.cycle.results import RATIO_METRIC
 from dcsweep.runner.cycle.stages import stage_keys
 from dcsweep.runner.sweep import Sweep
 from dcsweep.runner.sweep.lease import LeaseLost
+from dcsweep.runner.sweep.places import TRIAL_PROCESS_CPU, trials_at_once
 from dcsweep.runner.sweep.spec import write_sweep_files
 from dcsweep.runner.sweep.storage import (
     StorageFault,
@@ -170,10 +172,15 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
                      MlflowCallback(sweep.name, sweep.space), ProgressCallback(sweep.space), JsonLoggerCallback()]
         # the dense model is a stage every trial shares (trained once, by the first trial to
         # need it); the other phases only when the space shares stages
-        trainable = tune.with_parameters(trial, swept=tuple(d.name for d in sweep.space.swept),
+        space = sweep.space
+        trainable = tune.with_parameters(trial, swept=tuple(d.name for d in space.swept),
                                          stages=sweep.storage.root,
-                                         shared=None if sweep.space.share_stages else ("dense",), sweep=sweep.name)
-        trainable = tune.with_resources(trainable, {"cpu": sweep.space.cpu, "gpu": sweep.space.gpu})
+                                         shared=None if space.share_stages else ("dense",), sweep=sweep.name,
+                                         workers=(space.workers, space.cpu, space.gpu))
+        # a multi-worker trial's own process only waits on its Ray Train workers, which hold
+        # the CPUs and GPUs (placed by Train, anywhere in the cluster)
+        trainable = tune.with_resources(trainable, {"cpu": space.cpu, "gpu": space.gpu} if space.workers == 1
+                                        else {"cpu": TRIAL_PROCESS_CPU})
         path = sweep.storage.uri(*sweep.folder, "tune")
         if sweep.resume and tune.Tuner.can_restore(path):
             log.info("resuming sweep %s from %s", sweep.name, path)
@@ -183,7 +190,10 @@ def _run(sweep: Sweep, client: Future[MlflowClient]) -> tuple[SweepTracker, dict
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
                                        resume_errored=is_fault(tracker.stopped_by))
         else:
-            tuner = tune.Tuner(trainable, param_space=param_space(sweep.space), tune_config=_tune_config(sweep.space),
+            cluster = ray.cluster_resources()
+            at_once = trials_at_once(space, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0))
+            tuner = tune.Tuner(trainable, param_space=param_space(space),
+                               tune_config=_tune_config(replace(space, max_concurrent=at_once)),
                                run_config=tune.RunConfig(
                                    name="tune", storage_path=sweep.storage.uri(*sweep.folder), verbose=0,
                                    failure_config=tune.FailureConfig(max_failures=sweep.space.max_failures),

@@ -46,7 +46,8 @@ def fit_resources(sweep: Sweep) -> Sweep:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
     gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
-    return replace(sweep, space=places.fit_resources(sweep.space, sweep.smoke, cpu, gpu))
+    total = (sum(n.get("CPU", 0.0) for n in nodes), sum(n.get("GPU", 0.0) for n in nodes))
+    return replace(sweep, space=places.fit_resources(sweep.space, sweep.smoke, cpu, gpu, total))
 
 
 def check_shared_storage(sweep: Sweep) -> None:

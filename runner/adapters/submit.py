@@ -46,11 +46,11 @@ def stage_package(folder: Path) -> Path:
 
 
 def submit(space: str, address: str, name: str | None, storage: str | None, tracking_uri: str | None,
-           smoke: bool, cpus: float | None, gpus: float | None) -> dict[str, Any]:
+           smoke: bool, cpus: float | None, gpus: float | None, workers: int | None = None) -> dict[str, Any]:
     """Validate here, submit there; returns the job id and how to follow it."""
     use_ray_token()  # before Ray reads its configuration
-    check_per_trial(cpus, gpus)  # here, not in a job that fails on the cluster
-    name = sweep_name(space_as_run(space), name)
+    check_per_trial(cpus, gpus, workers)  # here, not in a job that fails on the cluster
+    name = sweep_name(space_as_run(space, workers=workers), name)
     if storage:
         Storage(storage)  # its scheme is checked here; the place itself only the cluster can see
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -69,6 +69,7 @@ def submit(space: str, address: str, name: str | None, storage: str | None, trac
         command += ["--smoke-test"] if smoke else []
         command += ["--cpus-per-trial", str(cpus)] if cpus is not None else []
         command += ["--gpus-per-trial", str(gpus)] if gpus is not None else []
+        command += ["--workers-per-trial", str(workers)] if workers is not None else []
         runtime_env: dict[str, Any] = {"py_modules": [str(package)]}
         if uri:
             runtime_env["env_vars"] = {"MLFLOW_TRACKING_URI": uri}

@@ -33,6 +33,7 @@ from . import pyfunc
 log = logging.getLogger("dcsweep")
 ROLE, SWEEP, TRIAL = "dcsweep.role", "dcsweep.sweep", "dcsweep.trial_id"
 STAGE_TAG = "dcsweep.stage"  # dcsweep.stage.pruned = the key of the pruned stage a trial used
+WORLD_SIZE_TAG = "dcsweep.world_size"  # how many Ray Train workers ran a multi-worker trial
 PARENT_TAG = "mlflow.parentRunId"
 PARETO_TAG = "pareto_optimal"
 PYFUNC_TAG = "dcsweep.model"  # on a child run: the id of the MLflow model it logged (its output, `model`)
@@ -150,10 +151,11 @@ class SweepTracker:
 
     def log_phase(self, trial_id: str, phase: str, metrics: Mapping[str, float],
                   stages: Mapping[str, tuple[str, bool]] | None = None, hold: bool = False,
-                  recomputed: Mapping[str, str] | None = None) -> None:
+                  recomputed: Mapping[str, str] | None = None, world_size: int | None = None) -> None:
         """Metrics of one finished phase at step 0 (dense) .. 3 (final), and the keys of the
         stages the trial used so far as tags (``dcsweep.stage.<phase>``, with ``...reused``, and
-        ``...recomputed`` = the damage found when a stored stage was set aside and computed again);
+        ``...recomputed`` = the damage found when a stored stage was set aside and computed again),
+        and for a multi-worker trial ``dcsweep.world_size``, the workers that ran it;
         a step already logged (a resumed trial redoing a phase) is skipped.
 
         With ``hold`` the batch waits to go with the run's next call (its next phase, its end,
@@ -173,6 +175,7 @@ class SweepTracker:
         tags = [RunTag(f"{STAGE_TAG}.{p}", key) for p, (key, _) in (stages or {}).items()]
         tags += [RunTag(f"{STAGE_TAG}.{p}.reused", str(reused).lower()) for p, (_, reused) in (stages or {}).items()]
         tags += [RunTag(f"{STAGE_TAG}.{p}.recomputed", why) for p, why in (recomputed or {}).items()]
+        tags += [RunTag(WORLD_SIZE_TAG, str(world_size))] if world_size else []
         held[step] = (batch, tags)
         self._held_since.setdefault(run_id, time.monotonic())
         if not hold:

@@ -29,6 +29,7 @@ from .env import TEST_HOOKS
 from .uploads import make_uploads_atomic
 
 TRIAL_PREFIX = "dcsweep-trial-"
+WORLD_SIZE = "world_size"  # in a multi-worker trial's reports: how many workers ran it
 
 
 class _TuneReporter(CycleCallbacks):
@@ -38,6 +39,10 @@ class _TuneReporter(CycleCallbacks):
     def on_phase_end(self, phase: str, checkpoint_dir: Path | None, result: CycleResult) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         _report(result.metrics(phase), checkpoint)
+        self.after(phase)
+
+    def after(self, phase: str) -> None:
+        """The test hooks' turn once a phase was reported (see testing.py)."""
         if os.environ.get(TEST_HOOKS):
             from . import testing
 
@@ -53,12 +58,14 @@ def _report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
 
 
 def trial(config: dict[str, Any], swept: tuple[str, ...] = (), stages: str | None = None,
-          shared: tuple[str, ...] | None = None, sweep: str | None = None) -> None:
+          shared: tuple[str, ...] | None = None, sweep: str | None = None,
+          workers: tuple[int, float, float] = (1, 0.0, 0.0)) -> None:
     """Ray Tune trainable: one full cycle, continuing from the trial's last checkpoint.
     ``swept`` names the settings every config of the sweep's space has; ``stages`` is the
     storage whose stage store the trial shares (None: it computes every phase itself), and
     ``shared`` the phases it shares there (None: all); ``sweep`` the sweep's name, noted in
-    each stage the trial makes or reuses."""
+    each stage the trial makes or reuses. ``workers``: (N, CPUs, GPUs of each); with N > 1
+    the cycle runs data-parallel on N Ray Train workers (see workers.py), else here."""
     missing = [name for name in swept if name not in config]
     if missing:  # e.g. a Tune state that failed to restore and made up a trial: never run it
         raise ValueError(f"trial config lacks the space's swept settings {missing}: it is not from this sweep's "
@@ -72,6 +79,9 @@ def trial(config: dict[str, Any], swept: tuple[str, ...] = (), stages: str | Non
             return
         work = stack.enter_context(_trial_folder())
         out = work / "out"
+        if workers[0] > 1:
+            _on_workers(config, workers, stages, shared, sweep, resume, work)
+            return
         try:
             result = run_cycle(config, output=out / MODEL_FILE, callbacks=_TuneReporter(config), resume_from=resume,
                                plots=out / PLOTS_DIR, workdir=work, device=trial_device(config, ray.get_gpu_ids()),
@@ -83,6 +93,26 @@ def trial(config: dict[str, Any], swept: tuple[str, ...] = (), stages: str | Non
         (out / RESULT_FILE).write_text(json.dumps(result.to_json()))
         # Tune copies the checkpoint into the sweep storage before report returns
         _report(result.metrics(FINAL), tune.Checkpoint.from_directory(str(out)))
+
+
+def _on_workers(config: dict[str, Any], workers: tuple[int, float, float], stages: str | None,
+                shared: tuple[str, ...] | None, sweep: str | None, resume: Path | None, work: Path) -> None:
+    from .workers import run_on_workers
+
+    reporter, world = _TuneReporter(config), {WORLD_SIZE: workers[0]}
+
+    def on_phase(metrics: dict[str, Any], folder: Path) -> None:
+        _report({**metrics, **world}, tune.Checkpoint.from_directory(str(folder)))
+        reporter.after(metrics.get("phase", ""))
+
+    result, diverged = run_on_workers(config, workers=workers[0], cpu=workers[1], gpu=workers[2], stages=stages,
+                                      shared=shared, sweep=sweep, resume=resume, work=work, on_phase=on_phase)
+    if result is None:
+        _report({**Report.diverged(diverged or "training diverged"), **world})
+        return
+    out = work / "out"
+    (out / RESULT_FILE).write_text(json.dumps(result.to_json()))
+    _report({**result.metrics(FINAL), **world}, tune.Checkpoint.from_directory(str(out)))
 
 
 def trial_device(config: dict[str, Any], gpu_ids: list[Any]) -> str | None:

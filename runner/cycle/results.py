@@ -178,6 +178,7 @@ class Report:
     numbers: Mapping[str, float]  # every number MLflow logs at this phase's step
     stages: Mapping[str, tuple[str, bool]] = field(default_factory=dict)  # phase -> (key, reused)
     recomputed: Mapping[str, str] = field(default_factory=dict)  # phase -> the damage its stored stage had
+    world_size: int | None = None  # the workers that ran a multi-worker trial
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> Report:
@@ -186,9 +187,11 @@ class Report:
                   for phase in PHASES if isinstance(metrics.get(f"stage_{phase}"), str)}
         recomputed = {phase: metrics[f"recomputed_{phase}"][:500] for phase in PHASES
                       if isinstance(metrics.get(f"recomputed_{phase}"), str) and metrics[f"recomputed_{phase}"]}
+        world = _number(metrics.get("world_size"))
         return cls(str(metrics.get("phase")), _number(metrics.get("accuracy")), _number(metrics.get("val_accuracy")),
                    _number(metrics.get("compressed_bytes")), _number(metrics.get(RATIO_METRIC)),
-                   metrics.get("error"), numbers, stages, recomputed)
+                   metrics.get("error"), numbers, stages, recomputed,
+                   int(world) if world is not None and world >= 1 else None)
 
     @property
     def step(self) -> int | None:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dcsweep.runner.cycle import ConfigError
-from dcsweep.search_spaces import MAX_RESOURCE, MIN_CPU, SearchSpace
+from dcsweep.search_spaces import MAX_RESOURCE, MAX_WORKERS, MIN_CPU, SearchSpace
 
 from .storage import Storage
 
@@ -125,9 +125,25 @@ def _check_sqlite(uri: str) -> None:
 
 
 
-def fit_resources(space: SearchSpace, smoke: bool, cpus: float, gpus: float) -> SearchSpace:
-    """Trials that no node can hold (the largest has ``cpus`` and ``gpus``) are refused before
-    anything starts; a smoke test shrinks them to fit instead."""
+#: The CPU a multi-worker trial's own process asks for: it only relays its workers' reports
+#: (Tune refuses a trial of no resources at all).
+TRIAL_PROCESS_CPU = 0.001
+
+
+def fit_resources(space: SearchSpace, smoke: bool, cpus: float, gpus: float,
+                  total: tuple[float, float] | None = None) -> SearchSpace:
+    """Trials that no node can hold (the largest has ``cpus`` and ``gpus``; with several
+    workers, each worker on a node and all of them in the cluster's ``total`` CPUs and GPUs)
+    are refused before anything starts; a smoke test shrinks a one-worker trial to fit instead."""
+    if space.workers > 1:
+        all_cpus, all_gpus = total or (cpus, gpus)
+        need = (space.workers * space.cpu + TRIAL_PROCESS_CPU, space.workers * space.gpu)
+        if space.cpu > cpus or space.gpu > gpus or need[0] > all_cpus or need[1] > all_gpus:
+            raise ConfigError(f"trials ask for {space.workers} workers of {space.cpu:g} CPU and {space.gpu:g} GPU "
+                              f"({need[0]:g} CPU and {need[1]:g} GPU in all), but the largest node has {cpus:g} CPU "
+                              f"and {gpus:g} GPU and the cluster {all_cpus:g} and {all_gpus:g}; pass "
+                              f"--workers-per-trial/--cpus-per-trial/--gpus-per-trial or use a bigger cluster")
+        return space
     if space.cpu <= cpus and space.gpu <= gpus:
         return space
     if smoke:
@@ -139,6 +155,18 @@ def fit_resources(space: SearchSpace, smoke: bool, cpus: float, gpus: float) -> 
                       f"{cpus:g} CPU and {gpus:g} GPU; pass --cpus-per-trial/--gpus-per-trial or use a bigger cluster")
 
 
+def trials_at_once(space: SearchSpace, cpus: float, gpus: float) -> int:
+    """How many trials run at once: ``search.max_concurrent``, and for multi-worker trials no
+    more than the cluster's ``cpus`` and ``gpus`` hold at ``workers`` each. Tune counts only a
+    trial's own process, so more would start trials whose workers then wait for devices."""
+    if space.workers == 1:
+        return space.max_concurrent
+    fits = [int((cpus - TRIAL_PROCESS_CPU) // (space.workers * space.cpu))]
+    if space.gpu > 0:
+        fits.append(int(gpus // (space.workers * space.gpu)))
+    return max(1, min(space.max_concurrent, *fits))
+
+
 def local_resources() -> tuple[float, float]:
     """CPUs and GPUs of this machine: what a local Ray instance gets."""
     import torch
@@ -146,9 +174,12 @@ def local_resources() -> tuple[float, float]:
     return float(os.cpu_count() or 1), float(torch.cuda.device_count())
 
 
-def check_per_trial(cpus: float | None, gpus: float | None) -> None:
-    """``--cpus-per-trial``/``--gpus-per-trial``, refused here rather than on a cluster."""
+def check_per_trial(cpus: float | None, gpus: float | None, workers: int | None = None) -> None:
+    """``--cpus-per-trial``/``--gpus-per-trial``/``--workers-per-trial``, refused here rather
+    than on a cluster."""
     # the space loader's own bounds: a sweep saved with another value could not be loaded again
     for flag, value, lo in (("--cpus-per-trial", cpus, MIN_CPU), ("--gpus-per-trial", gpus, 0.0)):
         if value is not None and not lo <= value <= MAX_PER_TRIAL:
             raise ConfigError(f"{flag}={value} is not allowed; it must be a number in [{lo:g}, {MAX_PER_TRIAL:g}]")
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers-per-trial={workers} is not allowed; it must be an integer in [1, {MAX_WORKERS}]")

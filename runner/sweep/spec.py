@@ -32,7 +32,7 @@ import yaml
 from dcsweep.runner.cycle import ConfigError, CycleConfig, DataError, load_dataset
 from dcsweep.runner.cycle.config import check_settings
 from dcsweep.runner.cycle.datasets import BUNDLED_SHAPES, synthetic_stand_in
-from dcsweep.search_spaces import SearchSpace, SpaceError, load_space
+from dcsweep.search_spaces import SearchSpace, SpaceError, check_workers, load_space
 
 from .lease import refuse_if_held
 from .places import check_tracking_uri, fit_resources, local_resources, tracking_uri_for
@@ -64,7 +64,7 @@ class Sweep:
 
 
 def space_as_run(space_name: str | Path, smoke: bool = False, cpus: float | None = None,
-                 gpus: float | None = None) -> SearchSpace:
+                 gpus: float | None = None, workers: int | None = None) -> SearchSpace:
     """The space a sweep would run: loaded and validated, CLI resources and smoke overrides
     applied. Raises ConfigError."""
     try:
@@ -73,6 +73,12 @@ def space_as_run(space_name: str | Path, smoke: bool = False, cpus: float | None
         raise ConfigError(str(exc)) from None
     if cpus is not None or gpus is not None:
         space = replace(space, cpu=space.cpu if cpus is None else cpus, gpu=space.gpu if gpus is None else gpus)
+    if workers is not None:
+        space = replace(space, workers=workers)
+        try:
+            check_workers(space)
+        except SpaceError as exc:
+            raise ConfigError(str(exc).replace("resources.workers", "--workers-per-trial")) from None
     return _smoke(space) if smoke else space
 
 

@@ -64,6 +64,13 @@ def test_a_user_file(tmp_path: Path) -> None:
     assert [d.kind for d in space.swept] == ["grid", "choice", "loguniform"]
 
 
+def test_the_default_batch_size_is_the_cycles() -> None:
+    from dcsweep.runner.cycle import CycleConfig
+    from dcsweep.search_spaces import DEFAULT_BATCH_SIZE
+
+    assert CycleConfig().batch_size == DEFAULT_BATCH_SIZE
+
+
 @pytest.mark.parametrize(("old", "new", "message"), [
     ("name: mine", "name: ''", r"name='' is not allowed; it must be a non-empty string"),
     ("name: mine", "name: mine\ncolour: red", r"unknown key\(s\) \['colour'\]; valid keys are \['name'"),
@@ -85,7 +92,10 @@ def test_a_user_file(tmp_path: Path) -> None:
     ("seed: 1", "sed: 1", r"unknown search key\(s\) \['sed'\]"),
     ("cpu: 0.5", "cpu: 0", r"resources.cpu=0 is not allowed; it must be a number in \[0.01, 1024\]"),
     ("gpu: 0", "gpu: -1", "resources.gpu=-1"),
-    ("gpu: 0", "tpu: 1", r"unknown resources key\(s\) \['tpu'\]"),
+    ("gpu: 0", "tpu: 1", r"unknown resources key\(s\) \['tpu'\]; valid: cpu, gpu, workers"),
+    ("gpu: 0", "gpu: 0, workers: 0", r"resources.workers=0 is not allowed; it must be an integer in \[1, 1024\]"),
+    ("gpu: 0", "gpu: 0, workers: 3", r"batch_size 64 is not a multiple of resources.workers=3; .* divisible by 3"),
+    ("gpu: 0", "gpu: 0, workers: 2", None),
     ("name: mine", "name: mine\nmax_failures: -1", "max_failures=-1"),
     ("name: mine", "name: mine\nsmoke: {epochs: -3}", r"smoke: epochs=-3 is not allowed"),
     ("name: mine", "name: [mine", "not valid YAML"),

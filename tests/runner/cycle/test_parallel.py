@@ -39,7 +39,7 @@ def _rank(rank: int, world: int, folder: Path, config: dict, runs: int) -> None:
     try:
         ranks = current_ranks()
         out = []
-        for run in range(runs):  # the second run finds every stage the first published
+        for _ in range(runs):  # the second run finds every stage the first published
             digests = Digests()
             store = StageStore(folder / "store", workdir=folder / f"work-{rank}")
             (folder / f"work-{rank}").mkdir(exist_ok=True)
