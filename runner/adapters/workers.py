@@ -26,9 +26,14 @@ import ray
 from dcsweep.runner.cycle import CycleCallbacks, CycleResult, DivergedError, run_cycle
 from dcsweep.runner.cycle.parallel import current_ranks
 from dcsweep.runner.cycle.results import MODEL_FILE, PLOTS_DIR
+from dcsweep.runner.sweep.storage import Storage
 
 #: Seconds between looks at the queue while the workers run (and at whether they still do).
 POLL_S = 0.5
+#: Seconds a collective may wait. Rank 0 waits on another trial's stage lease (a dense model can
+#: take hours) while the other ranks wait on its answer: Ray Train's default of 30 minutes would
+#: fail such a trial. A day still ends a truly hung group.
+COLLECTIVE_TIMEOUT_S = 24 * 3600
 #: Files of a checkpoint or result folder sent over the queue: each is read whole, so bounded.
 MAX_FILE_BYTES = 4 << 30
 
@@ -67,18 +72,19 @@ def run_on_workers(config: dict[str, Any], *, workers: int, cpu: float, gpu: flo
     (the result with the trial's files written under ``work / "out"``, None), or (None, the
     reason) when training diverged. A worker's failure is raised."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Empty, Queue
 
     queue = Queue(actor_options={"num_cpus": 0})
     loop_config = {"config": config, "stages": stages, "shared": shared, "sweep": sweep,
                    "resume": read_files(resume), "queue": queue}
     storage = str(work / "train") if stages is None else f"{stages.rstrip('/')}/train"
+    name = f"trial-{uuid.uuid4().hex[:12]}"
     trainer = TorchTrainer(
-        _worker, train_loop_config=loop_config,
+        _worker, train_loop_config=loop_config, torch_config=TorchConfig(timeout_s=COLLECTIVE_TIMEOUT_S),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
                                      resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu > 0 else {})}),
-        run_config=RunConfig(name=f"trial-{uuid.uuid4().hex[:12]}", storage_path=storage,
+        run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=0)))
     failure: list[BaseException] = []
     fitting = threading.Thread(target=_fit, args=(trainer, failure), name="dcsweep-train", daemon=True)
@@ -109,6 +115,9 @@ def run_on_workers(config: dict[str, Any], *, workers: int, cpu: float, gpu: flo
     finally:
         with contextlib.suppress(Exception):
             queue.shutdown(force=True)
+        if stages is not None:  # Train's record of this attempt: Tune keeps the trial's own
+            with contextlib.suppress(Exception):
+                Storage(stages).remove_tree("train", name)
     if failure:
         raise failure[0]
     return outcome

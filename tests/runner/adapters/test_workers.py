@@ -42,6 +42,7 @@ def test_every_multi_worker_trial_finishes_with_its_stages_shared(swept) -> None
     assert result["stages"]["computed"] == 4 and result["stages"]["reused"] == 2
     assert {t["params"]["k"] for t in result["trials"]} == {"4", "16"}
     assert all(0.1 < t["accuracy"] <= 1 for t in result["trials"])
+    assert not list((swept[1] / "store" / "train").glob("*"))  # Ray Train's records of each attempt, removed
 
 
 def test_mlflow_has_the_workers_and_the_world_size(swept) -> None:
