@@ -246,9 +246,9 @@ def is_fault(error: BaseException | str | None, root: str | None = None) -> bool
 def _refused(code: int, path: Any, root: str | None) -> bool:
     if code == errno.EROFS:
         return True
-    if code not in UNWRITABLE_ERRNOS or root is None:
-        return code in UNWRITABLE_ERRNOS
-    return path is not None and (str(path) == root or str(path).startswith(root.rstrip("/") + "/"))
+    if code not in UNWRITABLE_ERRNOS:
+        return False
+    return root is None or (path is not None and (str(path) == root or str(path).startswith(root.rstrip("/") + "/")))
 
 
 def _chain(error: BaseException | None) -> Iterator[BaseException]:

@@ -78,6 +78,23 @@ echo $? > "$OUT/resume.rc"
 """
 
 
+def _in_namespace(tmp_path: Path, script: str) -> tuple[Path, Path]:
+    """``script`` run in a private mount namespace on the tiny space; (the storage, the folder
+    of its outputs). Skips where the machine cannot mount a tmpfs there."""
+    if not can_unshare() or not _can_mount_tmpfs(tmp_path):
+        pytest.skip("needs `unshare -m` and mounting a tmpfs (root in a container, say); cannot here")
+    store, out = tmp_path / "store", tmp_path / "out"
+    store.mkdir()
+    out.mkdir()
+    (tmp_path / "space.yaml").write_text(SPACE)
+    env = {"STORE": str(store), "OUT": str(out), "SPACE": str(tmp_path / "space.yaml"),
+           "URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_STATE": MLFLOW_STATE, "WHOLE_LINES": WHOLE_LINES}
+    done = subprocess.run(["unshare", "-m", "bash", "-c", textwrap.dedent(script).format(python=sys.executable)],
+                          env={**os.environ, **env}, timeout=1500, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return store, out
+
+
 def _can_mount_tmpfs(tmp_path: Path) -> bool:
     target = tmp_path / "probe"
     target.mkdir()
@@ -87,18 +104,7 @@ def _can_mount_tmpfs(tmp_path: Path) -> bool:
 
 @pytest.mark.slow
 def test_a_full_storage_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path: Path) -> None:
-    if not can_unshare() or not _can_mount_tmpfs(tmp_path):
-        pytest.skip("needs `unshare -m` and mounting a tmpfs (root in a container, say); cannot here")
-    store, out = tmp_path / "store", tmp_path / "out"
-    store.mkdir()
-    out.mkdir()
-    (tmp_path / "space.yaml").write_text(SPACE)
-    env = {"STORE": str(store), "OUT": str(out), "SPACE": str(tmp_path / "space.yaml"),
-           "URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_STATE": MLFLOW_STATE, "WHOLE_LINES": WHOLE_LINES}
-    script = textwrap.dedent(SCRIPT).format(python=sys.executable)
-    done = subprocess.run(["unshare", "-m", "bash", "-c", script], env={**os.environ, **env}, timeout=1500,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    store, out = _in_namespace(tmp_path, SCRIPT)
 
     # the sweep filled the device mid-way and said so in its last line, naming the device
     err = (out / "run.err").read_text()
@@ -128,18 +134,7 @@ def test_a_full_storage_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path:
 
 @pytest.mark.slow
 def test_a_storage_turned_read_only_fails_the_sweep_naming_the_path_and_resume_finishes_it(tmp_path: Path) -> None:
-    if not can_unshare() or not _can_mount_tmpfs(tmp_path):
-        pytest.skip("needs `unshare -m` and mounting a tmpfs (root in a container, say); cannot here")
-    store, out = tmp_path / "store", tmp_path / "out"
-    store.mkdir()
-    out.mkdir()
-    (tmp_path / "space.yaml").write_text(SPACE)
-    env = {"STORE": str(store), "OUT": str(out), "SPACE": str(tmp_path / "space.yaml"),
-           "URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_STATE": MLFLOW_STATE}
-    script = textwrap.dedent(READ_ONLY_SCRIPT).format(python=sys.executable)
-    done = subprocess.run(["unshare", "-m", "bash", "-c", script], env={**os.environ, **env}, timeout=1500,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    store, out = _in_namespace(tmp_path, READ_ONLY_SCRIPT)
 
     # a failure, not an interruption: exit 1 and a last line naming the path and the OS error
     err = (out / "run.err").read_text()
