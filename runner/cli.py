@@ -57,7 +57,8 @@ def _compress_args(p: argparse.ArgumentParser, table: bool = False) -> None:
     p.add_argument("--dataset", default=s,
                    help="digits, mnist5k, mnist, cifar10, imagefolder:PATH, ... (default digits)")
     p.add_argument("--data-root", dest="data_root", default=s, help="folder holding the data set's files")
-    p.add_argument("--download", action="store_true", default=s, help="fetch mnist/cifar into --data-root first")
+    p.add_argument("--download", action="store_true", default=s,
+                   help="fetch mnist/cifar into --data-root (and --pretrained weights) first")
     p.add_argument("--image-size", dest="image_size", type=int, default=s, help="imagefolder crop size (224)")
     p.add_argument("--val-fraction", dest="val_fraction", type=float, default=s,
                    help="share of the training part held out for validation, which selects (0.1)")
@@ -87,7 +88,8 @@ def _compress_args(p: argparse.ArgumentParser, table: bool = False) -> None:
     p.add_argument("--init", default=s, help=f"k-means init: {', '.join(INIT_NAMES)} (linear)")
     p.add_argument("--coder", default=s, help=f"entropy coder: {', '.join(CODER_NAMES)} (huffman)")
     p.add_argument("--index-bits", dest="index_bits", type=int, default=s, help="sparse gap width 1-15 (auto)")
-    p.add_argument("--epochs", type=int, default=s, help="dense training epochs (20)")
+    p.add_argument("--epochs", type=int, default=s,
+                   help="dense training epochs (20), or fine-tuning epochs from --dense/--pretrained weights (0)")
     if not table:
         p.add_argument("--prune-epochs", dest="prune_epochs", type=int, default=s,
                        help="retraining epochs per step (10)")
@@ -103,7 +105,10 @@ def _compress_args(p: argparse.ArgumentParser, table: bool = False) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, default=s, help="training batch size (64)")
     p.add_argument("--seed", type=int, default=s, help="seed of the initial weights and batch order (0)")
     p.add_argument("--device", default=s, help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
-    p.add_argument("--dense", dest="dense_path", default=s, help="start from this trained dense model (.dcz/.pt)")
+    p.add_argument("--dense", dest="dense_path", default=s,
+                   help="start from this dense model (.dcz, or a state-dict .pt, torchvision's format too)")
+    p.add_argument("--pretrained", action="store_true", default=s,
+                   help="start from torchvision's published weights (cached under TORCH_HOME, or --download)")
     p.add_argument("--storage", default=None, help="where the dense model and sensitivity tables are kept "
                    "(default $DCSWEEP_STORAGE or ~/dcsweep-runs)" + ("" if table else "; used with "
                    "--target-ratio/--max-drop only"))
@@ -275,6 +280,7 @@ def _stage_store(args: argparse.Namespace) -> Any:
 def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     from .cycle import load_dataset, run_cycle
     from .cycle.config import check_settings
+    from .cycle.pretrained import check_weights
     from .cycle.train import pick_device
 
     keys = {"output", "overwrite", "plots", "json", "command", "storage"}
@@ -286,6 +292,7 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
         settings["layers"] = dict(settings["layers"])
     config = check_settings(settings)  # ConfigError -> exit 2, before any work
     pick_device(config.device)  # one that is not here: exit 2 now, not after the data loads
+    check_weights(config)
     output = Path(args.output)
     _check_output(output, args.overwrite)
     if args.plots:
@@ -311,6 +318,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
 
     from .cycle import load_dataset
     from .cycle.config import check_settings
+    from .cycle.pretrained import check_weights
     from .cycle.run import cached_table, sensitivity_table
     from .cycle.sensitivity import KS, SPARSITIES
     from .cycle.train import pick_device
@@ -319,6 +327,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     keys = {"json", "command", "storage", "sparsities", "ks"}
     config = check_settings({k: v for k, v in vars(args).items() if k not in keys})
     pick_device(config.device)
+    check_weights(config)
     sparsities, ks = args.sparsities or list(SPARSITIES), args.ks or list(KS)
     if bad := [v for v in sparsities if not 0.0 <= v < 1.0]:
         raise UsageError(f"--sparsities={bad} is not allowed; each must be in [0, 1)")

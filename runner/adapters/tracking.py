@@ -33,7 +33,9 @@ from . import pyfunc
 log = logging.getLogger("dcsweep")
 ROLE, SWEEP, TRIAL = "dcsweep.role", "dcsweep.sweep", "dcsweep.trial_id"
 STAGE_TAG = "dcsweep.stage"  # dcsweep.stage.pruned = the key of the pruned stage a trial used
-WORLD_SIZE_TAG = "dcsweep.world_size"  # how many Ray Train workers ran a multi-worker trial
+WORLD_SIZE_TAG = "dcsweep.world_size"
+#: Child param: the layers a start from given weights left at their initialisation.
+REINITIALISED_PARAM = "pretrained_reinitialised"  # how many Ray Train workers ran a multi-worker trial
 PARENT_TAG = "mlflow.parentRunId"
 PARETO_TAG = "pareto_optimal"
 PYFUNC_TAG = "dcsweep.model"  # on a child run: the id of the MLflow model it logged (its output, `model`)
@@ -246,6 +248,9 @@ class SweepTracker:
                         tags.append(RunTag(PYFUNC_TAG, model_id))
         if result and allocation:
             self._log_allocation(run_id, result, files)
+        if result and result.start:  # the layers the start's weights could not give, "none" when all fit
+            reinitialised = ",".join(result.start.get("reinitialised", [])) or "none"
+            self.client.log_batch(run_id, params=[Param(REINITIALISED_PARAM, reinitialised)])
         have = self._logged.get(run_id, set()) | set(self._held.get(run_id, {}))
         if result is not None:  # steps MLflow lacks (held when an earlier driver died): from the result
             for phase in (*(p for p in PHASES if p in result.accuracy), FINAL):

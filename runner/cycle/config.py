@@ -29,7 +29,7 @@ from dcsweep.compression import (
 from dcsweep.compression._config import Config
 
 from .datasets import check_dataset_name, nominal_shape
-from .models import list_models, meta_model
+from .models import TORCHVISION_MODELS, list_models, meta_model
 
 OPTIMIZERS = ("sgd", "adam")
 PRUNE_SCHEDULES = ("independent", "ladder")
@@ -73,7 +73,9 @@ class CycleConfig(Config):
     coder: str = "huffman"
     index_bits: int | None = None  # None: the width that codes smallest, per layer
     # training
-    epochs: int = 20  # dense baseline
+    # the dense phase's training: from a random start (default 20), or fine-tuning the weights
+    # that dense_path or pretrained give (default 0: those weights, evaluated)
+    epochs: int | None = None
     prune_epochs: int = 10  # retraining after each pruning step
     share_epochs: int = 5  # centroid fine-tuning
     optimizer: str = "adam"
@@ -85,7 +87,9 @@ class CycleConfig(Config):
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"
-    dense_path: str | None = None  # a trained dense model (.dcz or state-dict .pt) to start from
+    dense_path: str | None = None  # a trained dense model (.dcz, or a state-dict .pt) to start from
+    # start from torchvision's published weights for the model (see pretrained.py)
+    pretrained: bool = False
     # per-layer allocation: each layer's sparsity and k chosen from the sensitivity table of the
     # dense model, for a size ratio or for the fewest bytes within a validation-accuracy drop
     target_ratio: float | None = None
@@ -106,6 +110,7 @@ class CycleConfig(Config):
     def __post_init__(self) -> None:
         if self.model not in list_models():
             self._fail("model", self.model, f"one of {list_models()}")
+        self._check_start()
         try:
             check_dataset_name(self.dataset)
         except ValueError as exc:
@@ -152,8 +157,24 @@ class CycleConfig(Config):
         self._number("val_fraction", 0.0, 0.5, lo_open=True)
         self._number("momentum", 0.0, 1.0, hi_open=True)
         self._number("weight_decay", 0.0, 1.0)
-        if self.dense_path is None and self.epochs == 0:
-            self._fail("epochs", 0, ">= 1 unless dense_path gives a trained model")
+        if self.epochs == 0 and not self.from_weights:
+            self._fail("epochs", 0, ">= 1 unless dense_path or pretrained gives the weights")
+
+    def _check_start(self) -> None:
+        if not isinstance(self.pretrained, bool):
+            self._fail("pretrained", self.pretrained, "true or false")
+        if self.pretrained and self.model not in TORCHVISION_MODELS:
+            self._fail("pretrained", True, f"false for model {self.model!r}: torchvision publishes weights for "
+                       f"{list(TORCHVISION_MODELS)}")
+        if self.pretrained and self.dense_path is not None:
+            self._fail("pretrained", True, "false when dense_path gives the weights (one start)")
+        if self.epochs is None:
+            self._set("epochs", 0 if self.from_weights else 20)
+
+    @property
+    def from_weights(self) -> bool:
+        """The dense phase starts from given weights (a file, or torchvision's)."""
+        return self.dense_path is not None or self.pretrained is True
 
     def _check_ladder(self) -> None:
         rungs = self.ladder

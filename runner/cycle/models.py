@@ -2,7 +2,7 @@
 
 ``create_model(name, input_shape=(C, H, W), num_classes=N)``. The paper's LeNets, the CIFAR
 networks the seed and the literature use (VGG with BatchNorm, ResNet-20/56), and torchvision's
-ImageNet models by name (built without pretrained weights: nothing is downloaded). Each model
+ImageNet models by name (built without weights; ``pretrained.py`` loads torchvision's). Each model
 carries ``dcz_arch`` so a .dcz file written from it can rebuild it.
 """
 
@@ -192,6 +192,8 @@ register_model("resnet56")(lambda shape, n: CifarResNet(56, shape, n))
 # -- torchvision's ImageNet models ------------------------------------------------------------
 
 _TORCHVISION_MIN_SIZE = {"alexnet": 63, "vgg16": 32, "resnet18": 32, "resnet50": 32}
+#: The models that are torchvision's architectures (its published weights fit them).
+TORCHVISION_MODELS = tuple(_TORCHVISION_MIN_SIZE)
 
 
 class _Resized(nn.Module):
@@ -205,6 +207,12 @@ class _Resized(nn.Module):
         if min(x.shape[-2:]) < self.min_size:
             x = F.interpolate(x, size=(self.min_size, self.min_size), mode="bilinear", align_corners=False)
         return self.model(x)
+
+
+def torchvision_core(model: nn.Module) -> nn.Module | None:
+    """The torchvision model inside one of ours (its state dict has torchvision's names), or
+    None for a model that is not one."""
+    return model.model if isinstance(model, _Resized) else None
 
 
 def _torchvision(name: str) -> Callable[[Shape, int], nn.Module]:

@@ -72,6 +72,10 @@ class CycleResult:
     #: what the sensitivity table predicted for it: {"budget_bytes", "bytes", "val_accuracy"}
     allocation: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     allocation_predicted: Mapping[str, Any] = field(default_factory=dict)
+    #: what the dense phase started from, when not a random initialisation: {"weights" (a path,
+    #: or torchvision's weights by name), "sha256", "reinitialised" (the layers those weights
+    #: could not give: the classifier, the first conv)}
+    start: Mapping[str, Any] = field(default_factory=dict)
 
     def after(self, phase: str, accuracy: float, val_accuracy: float, seconds: float, size: int | None,
               stage: Mapping[str, Any] | None = None) -> CycleResult:
@@ -137,6 +141,8 @@ class CycleResult:
                                "val_accuracy": dict(self.val_accuracy),
                                "seconds": dict(self.seconds), "bytes_by_phase": dict(self.bytes_by_phase),
                                "stages": {k: dict(v) for k, v in self.stages.items()}}
+        if self.start:
+            out["start"] = dict(self.start)
         if self.allocation:
             out["allocation"] = {k: dict(v) for k, v in self.allocation.items()}
             out["allocation_predicted"] = dict(self.allocation_predicted)
@@ -161,7 +167,7 @@ class CycleResult:
                    dict(data.get("bytes_by_phase", {})), encoded,
                    {k: dict(v) for k, v in dict(data.get("stages", {})).items()}, dict(data.get("val_accuracy", {})),
                    {k: dict(v) for k, v in dict(data.get("allocation", {})).items()},
-                   dict(data.get("allocation_predicted", {})))
+                   dict(data.get("allocation_predicted", {})), dict(data.get("start", {})))
 
 
 @dataclass(frozen=True)

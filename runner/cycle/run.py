@@ -1,6 +1,7 @@
 """One Deep Compression cycle as a plain function: ``run_cycle(config) -> CycleResult``.
 
-dense baseline (trained, or loaded from ``dense_path``) -> iterative pruning with retraining ->
+dense baseline (trained, or started from ``dense_path`` or torchvision's ``pretrained`` weights,
+and fine-tuned for ``epochs``) -> iterative pruning with retraining ->
 k-means weight sharing with centroid fine-tuning -> the .dcz file -> that file decoded into a
 fresh model and evaluated. No Ray, no MLflow: a sweep runner calls this once per trial.
 
@@ -15,10 +16,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
-import pickle
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +49,7 @@ from .datasets import Data, load_dataset
 from .fingerprint import fingerprint
 from .models import create_model
 from .parallel import SINGLE, Ranks, ranked
+from .pretrained import file_digest, load_state_, published, published_digest, read_state
 from .results import MODEL_FILE, PHASES, STATE_FILE, CycleResult, Encoded
 from .sensitivity import CSV_FILE, KS, PLOT_FILE, SPARSITIES, TABLE_FILE, Table, measure
 from .stages import (
@@ -76,7 +76,7 @@ class CycleCallbacks:
 
     def on_phase_end(self, phase: str, checkpoint_dir: Path | None, result: CycleResult) -> None:
         """``checkpoint_dir`` is deleted when this returns: copy what you keep. It is None when
-        the phase needs no checkpoint (a dense model loaded from ``dense_path``)."""
+        the phase needs no checkpoint (a dense model loaded from ``dense_path``, not trained)."""
 
     def on_epoch(self, phase: str, epoch: int, loss: float) -> None:
         """Called after every training epoch of every phase."""
@@ -94,12 +94,40 @@ class _Cycle:
         seed_everything(cfg.seed)  # the initial weights too
         self.model = create_model(cfg.model, self.data.input_shape, self.data.num_classes)
         cfg.check_layers(self.model)  # a rule naming no layer is refused before any training
-        self.result = CycleResult(cfg.to_dict())
         self.dense_sha256 = _dense_digest(cfg)  # hashed once: a dense file can be large
+        self.weights: dict[str, torch.Tensor] | None = None  # a state dict to start from
+        self.result = CycleResult(cfg.to_dict(), start=self.read_start())
         self.data_id = fingerprint(self.data)  # the data by its content: part of every stage key
         self.set_keys()
         self.stages: Stages = NoStages()
         self.allocated_from: Table | None = None  # the sensitivity table this run allocated from
+
+    @property
+    def dense_from_file(self) -> bool:
+        """The dense model is ``dense_path``'s, as it is: loaded, not trained, and no stage."""
+        return self.cfg.dense_path is not None and self.cfg.epochs == 0
+
+    def read_start(self) -> dict[str, Any]:
+        """What the dense phase starts from, checked against the model now (before any
+        training): {} for a random start, else the weights, their sha256 and the layers they
+        cannot give (left at their initialisation: see pretrained.py)."""
+        cfg = self.cfg
+        if cfg.pretrained:
+            pub = published(cfg.model)
+            source, path = f"torchvision's {pub.weights}", pub.file
+        elif cfg.dense_path is not None:
+            source, path = f"dense_path={cfg.dense_path!r}", Path(cfg.dense_path).expanduser()
+            if path.suffix == ".dcz":  # our own file: it names its architecture and loads whole
+                return {"weights": str(path), "sha256": self.dense_sha256, "reinitialised": []}
+        else:
+            return {}
+        self.weights = read_state(path, self.model, source)
+        reinitialised = load_state_(self.model, self.weights, source, apply=False)
+        if reinitialised:
+            log.info("%s: %s re-initialised (the data set's classes or channels differ from the weights')",
+                     source, ", ".join(reinitialised))
+        return {"weights": pub.weights if cfg.pretrained else str(path), "sha256": self.dense_sha256,
+                "reinitialised": reinitialised}
 
     def set_keys(self) -> None:
         """Each phase's stage key and what makes it, for the settings as they stand."""
@@ -129,10 +157,14 @@ class _Cycle:
 
     # -- phases -------------------------------------------------------------------------------
     def dense(self, gen: torch.Generator) -> None:
-        if self.cfg.dense_path is not None:
-            _load_dense(self.model, Path(self.cfg.dense_path))
-        else:
-            self.fit("dense", "dense", self.cfg.epochs, self.cfg.lr, gen)
+        cfg = self.cfg
+        if self.weights is not None:
+            source = "pretrained weights" if cfg.pretrained else f"dense_path={cfg.dense_path!r}"
+            load_state_(self.model, self.weights, source)
+        elif cfg.dense_path is not None:
+            _load_dense(self.model, Path(cfg.dense_path))
+        if cfg.epochs:
+            self.fit("dense", "dense", cfg.epochs, cfg.lr, gen)
 
     def pruned(self, gen: torch.Generator) -> None:
         cfg = self.cfg
@@ -267,10 +299,10 @@ class _Cycle:
 
     def run_stage(self, phase: str, key: str, gen: torch.Generator, stages: Stages) -> None:
         """The phase, or the stage another trial (or sweep) computed with the same key; a stage
-        computed here is published for the others. A dense model from ``dense_path`` is only
-        loaded: no stage."""
+        computed here is published for the others. A dense model from ``dense_path`` that is
+        not fine-tuned is only loaded: no stage."""
         start = time.perf_counter()
-        from_file = phase == "dense" and self.cfg.dense_path is not None
+        from_file = phase == "dense" and self.dense_from_file
         with (NoStages() if from_file else stages).claim(phase, key) as found:
             if found is not None:
                 record = found.record
@@ -301,8 +333,8 @@ class _Cycle:
                    stage: dict[str, Any] | None, publish: Callable[[Path], None] | None = None) -> None:
         """The model as a .dcz in the run's own format and the results so far, handed to the
         callback (and to ``publish``, for a stage computed here); a dense model loaded from
-        ``dense_path`` needs no checkpoint (a resume loads it again)."""
-        if phase == "dense" and self.cfg.dense_path is not None:
+        ``dense_path`` and not trained needs no checkpoint (a resume loads it again)."""
+        if phase == "dense" and self.dense_from_file:
             self.result = self.result.after(phase, accuracy, val_accuracy, seconds, self.bytes_now(), stage)
             self.callbacks.on_phase_end(phase, None, self.result)
             return
@@ -375,7 +407,7 @@ def run_cycle(
     cycle.stages = ranked(stages or NoStages(), ranks, cycle.workdir)
     done = -1
     if resume_from is not None:
-        done, cycle.result = _restore(Path(resume_from), cfg, cycle.model)
+        done, cycle.result = _restore(Path(resume_from), cfg, cycle.model, cycle.dense_sha256)
         log.info("resuming after phase %r", PHASES[done])
     if cfg.allocates and cycle.result.allocation:  # resumed after the allocation was made
         cycle.apply(cycle.result.allocation)
@@ -488,14 +520,17 @@ def train_baseline(config: Mapping[str, Any] | CycleConfig, output: str | Path, 
 # -- checkpoints ---------------------------------------------------------------------------
 
 def _dense_digest(cfg: CycleConfig) -> str | None:
-    """What a resume checks of ``dense_path``: its content, not where it lies (the same file
-    may come back at another path, e.g. a copy in a temporary folder)."""
+    """The weights the dense phase starts from by their content, not where they lie (the same
+    file may come back at another path, e.g. a copy in a temporary folder): what keys the dense
+    stage and what a resume checks."""
+    if cfg.pretrained:
+        return published_digest(cfg.model, cfg.download)
     if cfg.dense_path is None:
         return None
-    return hashlib.sha256(Path(cfg.dense_path).read_bytes()).hexdigest()
+    return file_digest(Path(cfg.dense_path).expanduser())
 
 
-def _restore(folder: Path, cfg: CycleConfig, model: nn.Module) -> tuple[int, CycleResult]:
+def _restore(folder: Path, cfg: CycleConfig, model: nn.Module, dense_sha256: str | None) -> tuple[int, CycleResult]:
     try:
         state = json.loads((folder / STATE_FILE).read_text())
         phase, result = state["phase"], CycleResult.from_json(state["result"])
@@ -505,8 +540,8 @@ def _restore(folder: Path, cfg: CycleConfig, model: nn.Module) -> tuple[int, Cyc
     changed = sorted(k for k, v in mine.items() if k != "dense_path" and result.config.get(k) != v)
     if (result.config.get("dense_path") is None) != (cfg.dense_path is None):
         changed.append("dense_path")
-    elif cfg.dense_path is not None and state.get("dense_sha256") != _dense_digest(cfg):
-        changed.append("dense_path (its content)")
+    elif cfg.from_weights and state.get("dense_sha256") != dense_sha256:
+        changed.append("dense_path (its content)" if cfg.dense_path else "pretrained (the weights' content)")
     if changed:
         raise ConfigError(f"resume_from={str(folder)!r} was made with other settings (differ: {changed})")
     load_compressed(folder / MODEL_FILE, model)
@@ -514,21 +549,13 @@ def _restore(folder: Path, cfg: CycleConfig, model: nn.Module) -> tuple[int, Cyc
 
 
 def _load_dense(model: nn.Module, path: Path) -> None:
+    """A dense model's .dcz (a state dict file is read by ``_Cycle.read_start``)."""
     if not path.is_file():
         raise ConfigError(f"dense_path={str(path)!r} does not exist; give a .dcz or state-dict .pt file")
-    if path.suffix == ".dcz":
-        load_compressed(path, model)
-        if compressed := [name for name, m in model.named_modules() if parametrize.is_parametrized(m)]:
-            raise ConfigError(f"dense_path={str(path)!r} holds a pruned or shared model (layers {compressed[:3]}); "
-                              f"give a dense model's .dcz or state-dict .pt file")
-        return
-    try:  # weights_only: a state dict of tensors, never arbitrary pickled objects
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, EOFError,
-            pickle.UnpicklingError) as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ConfigError(f"dense_path={str(path)!r} is not a state dict for this model: {reason}") from None
+    load_compressed(path, model)
+    if compressed := [name for name, m in model.named_modules() if parametrize.is_parametrized(m)]:
+        raise ConfigError(f"dense_path={str(path)!r} holds a pruned or shared model (layers {compressed[:3]}); "
+                          f"give a dense model's .dcz or state-dict .pt file")
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:

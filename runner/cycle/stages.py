@@ -106,13 +106,16 @@ def stage_inputs(cfg: CycleConfig, dense_sha256: str | None = None, data: str | 
                  ) -> dict[str, dict[str, Any]]:
     """What makes each phase's stage key (:func:`key_of` of it): the phase, its parent's key and
     the settings it consumed. A dense model given as a file (``dense_sha256``, its content's
-    digest) is named by that content, not by the settings that trained it. On a ladder the
+    digest) is named by that content, not by the settings that trained it; weights it fine-tunes
+    or torchvision's (``pretrained``), by that content and the settings it reads. On a ladder the
     pruned stage is the top rung (see :func:`ladder_inputs`)."""
     inputs: dict[str, dict[str, Any]] = {}
     parent = ""
     for phase in PHASES:
-        if phase == "dense" and dense_sha256 is not None:
+        if phase == "dense" and dense_sha256 is not None and cfg.epochs == 0 and not cfg.pretrained:
             record: dict[str, Any] = {"phase": phase, "file_sha256": dense_sha256}
+        elif phase == "dense" and dense_sha256 is not None:
+            record = {"phase": phase, "start_sha256": dense_sha256, "settings": _start_settings(cfg, data)}
         elif phase == "pruned" and cfg.prune_schedule == "ladder":
             record = ladder_inputs(cfg, parent, data)[-1][1]
         else:
@@ -120,6 +123,15 @@ def stage_inputs(cfg: CycleConfig, dense_sha256: str | None = None, data: str | 
         inputs[phase] = _versioned(record)
         parent = key_of(inputs[phase])
     return inputs
+
+
+def _start_settings(cfg: CycleConfig, data: str | None) -> dict[str, Any]:
+    """What a dense phase that starts from given weights reads besides them: the data and the
+    seed (the layers the weights cannot give are initialised from it), and the training's
+    settings only when it trains (``epochs: 0`` evaluates the weights as they are, so sweeps
+    that differ only in learning rate share the stage)."""
+    settings = consumed(cfg, "dense", data)
+    return settings if cfg.epochs else {k: v for k, v in settings.items() if k not in (*_TRAINING, "lr")}
 
 
 def stage_keys(cfg: CycleConfig, dense_sha256: str | None = None, data: str | None = None) -> dict[str, str]:

@@ -32,6 +32,7 @@ import yaml
 from dcsweep.runner.cycle import ConfigError, CycleConfig, DataError, load_dataset
 from dcsweep.runner.cycle.config import check_settings
 from dcsweep.runner.cycle.datasets import BUNDLED_SHAPES, synthetic_stand_in
+from dcsweep.runner.cycle.pretrained import check_weights
 from dcsweep.search_spaces import SearchSpace, SpaceError, check_workers, load_space
 
 from .lease import refuse_if_held
@@ -102,10 +103,14 @@ def new_sweep(space: SearchSpace, name: str | None, storage: Storage, tracking_u
 def check_local_data(space: SearchSpace) -> None:
     """A local sweep's data set is on this machine, read as its trials will read it: otherwise
     every trial fails in turn, each with a traceback. A cluster's data is on its nodes, and an
-    image folder is only looked for (reading a million file names twice is not a check)."""
-    if {"dataset", "data_root", "download"} & {d.name for d in space.swept}:
-        return
+    image folder is only looked for (reading a million file names twice is not a check). So
+    are a pretrained start's weights (downloaded now, once, when the space allows it)."""
+    swept = {d.name for d in space.swept}
     cfg = CycleConfig.from_dict(space.fixed)
+    if not {"model", "pretrained", "download"} & swept:
+        check_weights(cfg)
+    if {"dataset", "data_root", "download"} & swept:
+        return
     if cfg.download or cfg.dataset.startswith("synthetic:") or cfg.dataset in BUNDLED_SHAPES:
         return
     if cfg.dataset.startswith("imagefolder:"):
@@ -258,8 +263,12 @@ def sweep_name(space: SearchSpace, name: str | None) -> str:
 
 def _smoke(space: SearchSpace) -> SearchSpace:
     """Tiny epochs and a few trials; a data set that is not on disk becomes generated data of
-    the same shape (said in the log)."""
+    the same shape, and a pretrained start a random one (each said in the log)."""
     fixed = {**space.fixed, **space.smoke}
+    if fixed.get("pretrained") is True:
+        log.warning("smoke test: a random start instead of torchvision's weights for %s", fixed.get("model"))
+        fixed["pretrained"] = False
+        fixed["epochs"] = fixed.get("epochs") or 1  # a random start cannot be evaluated untrained
     settings = CycleConfig.from_dict(fixed)
     try:
         load_dataset(settings.dataset, settings.data_root, False, settings.image_size)

@@ -197,6 +197,50 @@ def test_an_allocated_sweep_logs_each_trials_choice_and_its_table_once(ray_local
             } == logged
 
 
+FROM_WEIGHTS = """
+name: tiny-from-weights
+fixed: {model: lenet300, dataset: digits, dense_path: DENSE, epochs: 1, prune_steps: 1, prune_epochs: 1,
+        share_epochs: 1}
+swept:
+  sparsity: {grid: [0.5, 0.9]}
+search: {algorithm: grid, max_concurrent: 2}
+resources: {cpu: 1}
+"""
+
+
+def test_a_sweep_from_weights_of_other_classes_names_the_layer_it_reinitialised(ray_local, tmp_path: Path) -> None:
+    """A 7-class model's state dict on 10-class digits: its classifier (fc3) is re-initialised,
+    the dense phase fine-tunes once for both trials, and each run's params name fc3."""
+    import torch
+
+    from dcsweep.runner.cycle.models import create_model
+
+    torch.save(create_model("lenet300", (1, 8, 8), 7).state_dict(), tmp_path / "seven.pt")
+    (tmp_path / "space.yaml").write_text(FROM_WEIGHTS.replace("DENSE", str(tmp_path / "seven.pt")))
+    store = tmp_path / "store"
+    result = run_sweep(new_sweep(space_as_run(tmp_path / "space.yaml"), "weights-1", Storage(store), None, False,
+                                 None))
+    assert not result["errors"] and len(result["trials"]) == 2
+    runs = MlflowClient(result["tracking_uri"]).search_runs(
+        [MlflowClient(result["tracking_uri"]).get_experiment_by_name("weights-1").experiment_id],
+        "tags.`dcsweep.role` = 'child'")
+    assert [r.data.params["pretrained_reinitialised"] for r in runs] == ["fc3", "fc3"]
+    assert [r.data.params["epochs"] for r in runs] == ["1", "1"]
+    assert len(list((store / "stages" / "dense").iterdir())) == 1  # fine-tuned once, shared
+
+
+def test_a_pretrained_sweep_without_the_weights_is_refused_before_it_starts(
+        ray_local, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "space.yaml").write_text(SPACE.replace("model: lenet300, dataset: digits",
+                                                       "model: resnet18, pretrained: true, dataset: digits"))
+    code = main(["run", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "s"), "--name", "pre"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"needs torchvision's ResNet18_Weights.IMAGENET1K_V1 for resnet18 at {tmp_path}/torch/hub/" in err
+    assert not (tmp_path / "s" / "sweeps").exists()
+
+
 def test_artifacts_are_real_files(swept, tmp_path: Path) -> None:
     result, _, _ = swept
     client = MlflowClient(result["tracking_uri"])

@@ -97,7 +97,7 @@ def test_start_from_a_trained_dense_model(full_run, tmp_path: Path, suffix: str)
         torch.save(dense.state_dict(), path)
     else:
         shutil.copy(folder / "dense" / "model.dcz", path)
-    again = run_cycle({**FAST, "dense_path": str(path)}, output=tmp_path / "m.dcz").to_json()
+    again = run_cycle({**FAST, "dense_path": str(path), "epochs": 0}, output=tmp_path / "m.dcz").to_json()
     assert again["accuracy"]["dense"] == result["accuracy"]["dense"]
 
 
@@ -146,14 +146,15 @@ def test_a_resume_checks_the_dense_models_content_not_its_path(full_run, tmp_pat
     shutil.copy(folder / "dense" / "model.dcz", first)
     shutil.copy(folder / "dense" / "model.dcz", second)
     keep = tmp_path / "keep"
-    run_cycle({**FAST, "dense_path": str(first)}, output=tmp_path / "x.dcz", callbacks=Recorder(keep))
-    moved = run_cycle({**FAST, "dense_path": str(second)}, output=tmp_path / "y.dcz", resume_from=keep / "pruned")
+    run_cycle({**FAST, "dense_path": str(first), "epochs": 0}, output=tmp_path / "x.dcz", callbacks=Recorder(keep))
+    moved = run_cycle({**FAST, "dense_path": str(second), "epochs": 0}, output=tmp_path / "y.dcz",
+                      resume_from=keep / "pruned")
     assert (tmp_path / "y.dcz").read_bytes() == (tmp_path / "x.dcz").read_bytes() and moved.encoded is not None
     model = load_compressed(first)
     next(model.parameters()).data.add_(1.0)  # another dense model at a path the checkpoint never saw
     save_compressed(model, other)
     with pytest.raises(ConfigError, match=r"differ: \['dense_path \(its content\)'\]"):
-        run_cycle({**FAST, "dense_path": str(other)}, resume_from=keep / "pruned")
+        run_cycle({**FAST, "dense_path": str(other), "epochs": 0}, resume_from=keep / "pruned")
 
 
 def test_a_layer_rule_that_matches_no_layer_is_refused_before_training(tmp_path: Path) -> None:

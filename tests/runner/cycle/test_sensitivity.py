@@ -29,7 +29,7 @@ def dense(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def table(dense: Path) -> tuple[Table, torch.nn.Module, object]:
-    cycle = cycle_run._Cycle(cycle_run.CycleConfig.from_dict({**SETTINGS, "dense_path": str(dense)}),
+    cycle = cycle_run._Cycle(cycle_run.CycleConfig.from_dict({**SETTINGS, "dense_path": str(dense), "epochs": 0}),
                              cycle_run.CycleCallbacks(), False)
     cycle.dense(torch.Generator())
     return measure(cycle.model, cycle.data.validation, CPU, (0.0, 0.5, 0.9), (4, 32)), cycle.model, cycle.data
@@ -80,15 +80,15 @@ def test_a_rows_bytes_are_what_the_file_stores_for_that_layer(table, tmp_path: P
 
 def test_the_table_is_kept_and_a_different_dense_model_recomputes(dense: Path, tmp_path: Path) -> None:
     store = StageStore(tmp_path / "store")
-    first, cached = sensitivity_table({**SETTINGS, "dense_path": str(dense)}, stages=store, ks=(4,))
+    first, cached = sensitivity_table({**SETTINGS, "dense_path": str(dense), "epochs": 0}, stages=store, ks=(4,))
     assert not cached
-    again, cached = sensitivity_table({**SETTINGS, "dense_path": str(dense)}, stages=store, ks=(4,))
+    again, cached = sensitivity_table({**SETTINGS, "dense_path": str(dense), "epochs": 0}, stages=store, ks=(4,))
     assert cached and again == first
     other = tmp_path / "other.dcz"
     train_baseline({**SETTINGS, "seed": 1}, other)
-    _, cached = sensitivity_table({**SETTINGS, "dense_path": str(other)}, stages=store, ks=(4,))
+    _, cached = sensitivity_table({**SETTINGS, "dense_path": str(other), "epochs": 0}, stages=store, ks=(4,))
     assert not cached  # another dense model: another table
-    _, cached = sensitivity_table({**SETTINGS, "dense_path": str(dense)}, stages=store, ks=(4, 8))
+    _, cached = sensitivity_table({**SETTINGS, "dense_path": str(dense), "epochs": 0}, stages=store, ks=(4, 8))
     assert not cached  # another grid: another table
     trained, cached = sensitivity_table({**SETTINGS, "epochs": 2}, stages=store, ks=(4,))
     assert not cached and len(store.storage.folders("stages", "dense")) == 1  # its dense stage trained once
@@ -99,7 +99,7 @@ def test_a_retrained_table_prices_what_retraining_recovers(dense: Path, tmp_path
     """With table_retrain_epochs each pruned layer's model is retrained before it is measured:
     at 95% sparsity the large first layer loses much less than without, and it is another table."""
     store = StageStore(tmp_path / "store")
-    settings = {**SETTINGS, "dense_path": str(dense)}
+    settings = {**SETTINGS, "dense_path": str(dense), "epochs": 0}
     plain, _ = sensitivity_table(settings, stages=store, sparsities=(0.95,), ks=(16,))
     # on this 4-epoch model, the cycle's own retraining rate (2 x lr) rather than the default lr / 10
     retrained, cached = sensitivity_table({**settings, "table_retrain_epochs": 2, "table_retrain_lr": 0.002},

@@ -92,17 +92,36 @@ def test_every_cycle_setting_is_consumed_by_some_phase_or_changes_no_weight() ->
     consumed = {name for names in CONSUMES.values() for name in names}
     unconsumed = set(CycleConfig().to_dict()) - consumed
     # prune_lr/share_lr are keyed as the rates used; a ladder's rungs through the chain of keys;
-    # an allocation's target and grid through the per-layer rules it becomes (layers, k_layers)
+    # an allocation's target and grid through the per-layer rules it becomes (layers, k_layers);
+    # a start's weights (dense_path, pretrained) through their sha256
     assert unconsumed == {"download", "coder", "index_bits", "dense_path", "prune_lr", "share_lr", "ladder",
                           "target_ratio", "max_drop", "table_sparsities", "table_ks", "table_retrain_epochs",
-                          "table_retrain_lr"}
+                          "table_retrain_lr", "pretrained"}
 
 
 def test_a_dense_file_is_keyed_by_its_content() -> None:
-    cfg = CycleConfig.from_dict(FAST)
+    cfg = CycleConfig.from_dict({**FAST, "dense_path": "m.dcz", "epochs": 0})
     a, b = stage_keys(cfg, "0" * 64), stage_keys(cfg, "1" * 64)
     assert a["dense"] != b["dense"] and a["pruned"] != b["pruned"]
-    assert stage_keys(CycleConfig.from_dict({**FAST, "epochs": 99}), "0" * 64) == a  # the file, not its recipe
+    assert stage_keys(CycleConfig.from_dict({**FAST, "dense_path": "m.dcz", "epochs": 0, "lr": 0.5}),
+                      "0" * 64)["dense"] == a["dense"]  # the file, not its recipe
+    tuned = CycleConfig.from_dict({**FAST, "dense_path": "m.dcz", "epochs": 2})
+    assert stage_keys(tuned, "0" * 64)["dense"] != a["dense"]  # fine-tuned: a stage of its own
+    retuned = CycleConfig.from_dict({**FAST, "dense_path": "m.dcz", "epochs": 2, "lr": 0.5})
+    assert stage_keys(tuned, "0" * 64)["dense"] != stage_keys(retuned, "0" * 64)["dense"]
+
+
+def test_a_pretrained_start_is_keyed_by_the_weights_and_what_its_dense_phase_reads() -> None:
+    start = {**FAST, "model": "resnet18", "dataset": "cifar10", "pretrained": True, "epochs": 0}
+    a = stage_keys(CycleConfig.from_dict(start), "0" * 64)
+    assert stage_keys(CycleConfig.from_dict(start), "1" * 64)["dense"] != a["dense"]
+    # evaluated as they are: the training's settings do not matter, the data and seed do
+    assert stage_keys(CycleConfig.from_dict({**start, "lr": 0.5, "batch_size": 8}), "0" * 64)["dense"] == a["dense"]
+    assert stage_keys(CycleConfig.from_dict({**start, "seed": 1}), "0" * 64)["dense"] != a["dense"]
+    assert stage_keys(CycleConfig.from_dict({**start, "dataset": "mnist"}), "0" * 64)["dense"] != a["dense"]
+    tuned = stage_keys(CycleConfig.from_dict({**start, "epochs": 1}), "0" * 64)
+    retuned = stage_keys(CycleConfig.from_dict({**start, "epochs": 1, "lr": 0.5}), "0" * 64)
+    assert len({a["dense"], tuned["dense"], retuned["dense"]}) == 3
 
 
 def test_a_second_cycle_takes_both_stages_and_matches_the_first_bit_for_bit(tmp_path: Path) -> None:
