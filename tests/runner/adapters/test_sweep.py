@@ -208,6 +208,7 @@ resources: {cpu: 1}
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_from_weights_of_other_classes_names_the_layer_it_reinitialised(ray_local, tmp_path: Path) -> None:
     """A 7-class model's state dict on 10-class digits: its classifier (fc3) is re-initialised,
     the dense phase fine-tunes once for both trials, and each run's params name fc3."""
@@ -229,6 +230,7 @@ def test_a_sweep_from_weights_of_other_classes_names_the_layer_it_reinitialised(
     assert len(list((store / "stages" / "dense").iterdir())) == 1  # fine-tuned once, shared
 
 
+@pytest.mark.slow
 def test_a_pretrained_sweep_without_the_weights_is_refused_before_it_starts(
         ray_local, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
