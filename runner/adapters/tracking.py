@@ -33,9 +33,9 @@ from . import pyfunc
 log = logging.getLogger("dcsweep")
 ROLE, SWEEP, TRIAL = "dcsweep.role", "dcsweep.sweep", "dcsweep.trial_id"
 STAGE_TAG = "dcsweep.stage"  # dcsweep.stage.pruned = the key of the pruned stage a trial used
-WORLD_SIZE_TAG = "dcsweep.world_size"
+WORLD_SIZE_TAG = "dcsweep.world_size"  # how many Ray Train workers ran a multi-worker trial
 #: Child param: the layers a start from given weights left at their initialisation.
-REINITIALISED_PARAM = "pretrained_reinitialised"  # how many Ray Train workers ran a multi-worker trial
+REINITIALISED_PARAM = "pretrained_reinitialised"
 PARENT_TAG = "mlflow.parentRunId"
 PARETO_TAG = "pareto_optimal"
 PYFUNC_TAG = "dcsweep.model"  # on a child run: the id of the MLflow model it logged (its output, `model`)

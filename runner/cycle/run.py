@@ -95,7 +95,8 @@ class _Cycle:
         self.model = create_model(cfg.model, self.data.input_shape, self.data.num_classes)
         cfg.check_layers(self.model)  # a rule naming no layer is refused before any training
         self.dense_sha256 = _dense_digest(cfg)  # hashed once: a dense file can be large
-        self.weights: dict[str, torch.Tensor] | None = None  # a state dict to start from
+        self.weights: dict[str, torch.Tensor] | None = None  # a state dict to start from, until loaded
+        self.weights_source = ""  # how errors name it
         self.result = CycleResult(cfg.to_dict(), start=self.read_start())
         self.data_id = fingerprint(self.data)  # the data by its content: part of every stage key
         self.set_keys()
@@ -121,7 +122,7 @@ class _Cycle:
                 return {"weights": str(path), "sha256": self.dense_sha256, "reinitialised": []}
         else:
             return {}
-        self.weights = read_state(path, self.model, source)
+        self.weights, self.weights_source = read_state(path, self.model, source), source
         reinitialised = load_state_(self.model, self.weights, source, apply=False)
         if reinitialised:
             log.info("%s: %s re-initialised (the data set's classes or channels differ from the weights')",
@@ -158,9 +159,9 @@ class _Cycle:
     # -- phases -------------------------------------------------------------------------------
     def dense(self, gen: torch.Generator) -> None:
         cfg = self.cfg
-        if self.weights is not None:
-            source = "pretrained weights" if cfg.pretrained else f"dense_path={cfg.dense_path!r}"
-            load_state_(self.model, self.weights, source)
+        if self.weights is not None:  # loaded once; the cycle need not keep 500 MB beside its model
+            load_state_(self.model, self.weights, self.weights_source)
+            self.weights = None
         elif cfg.dense_path is not None:
             _load_dense(self.model, Path(cfg.dense_path))
         if cfg.epochs:

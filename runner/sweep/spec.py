@@ -106,11 +106,11 @@ def check_local_data(space: SearchSpace) -> None:
     image folder is only looked for (reading a million file names twice is not a check). So
     are a pretrained start's weights (downloaded now, once, when the space allows it)."""
     swept = {d.name for d in space.swept}
-    cfg = CycleConfig.from_dict(space.fixed)
-    if not {"model", "pretrained", "download"} & swept:
-        check_weights(cfg)
+    if space.fixed.get("pretrained") is True and not {"model", "download"} & swept:
+        check_weights(CycleConfig.from_dict(space.fixed))
     if {"dataset", "data_root", "download"} & swept:
         return
+    cfg = CycleConfig.from_dict(space.fixed)
     if cfg.download or cfg.dataset.startswith("synthetic:") or cfg.dataset in BUNDLED_SHAPES:
         return
     if cfg.dataset.startswith("imagefolder:"):
